@@ -1,0 +1,1 @@
+"""Events stage: from predictions to event records (filters, zones, lifecycles, media)."""

@@ -1,0 +1,266 @@
+"""The event record: what every source produces and every consumer reads.
+
+Follows ``shared/reference/vision-events.md`` (base events) and ``composite-events.md``
+(composite events). JSON field names are snake_case; ``to_vision_events_api`` in
+``agent.events.compat`` maps them onto the hosted service's camelCase names.
+
+Events are immutable once built: a redelivery carries the very same ``id`` (the idempotency
+key), so consumers can de-duplicate.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime, timezone
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    PlainSerializer,
+)
+
+SCHEMA_VERSION = 1
+
+
+def _as_utc_ms(value: datetime) -> datetime:
+    if value.tzinfo is None:
+        raise ValueError("timestamp must carry a time zone (UTC)")
+    value = value.astimezone(timezone.utc)
+    return value.replace(microsecond=(value.microsecond // 1000) * 1000)
+
+
+def _iso_ms(value: datetime) -> str:
+    return value.astimezone(timezone.utc).isoformat(timespec="milliseconds").replace(
+        "+00:00", "Z"
+    )
+
+
+UtcTime = Annotated[
+    datetime,
+    AfterValidator(_as_utc_ms),
+    PlainSerializer(_iso_ms, return_type=str, when_used="json"),
+]
+"""A UTC timestamp with millisecond precision, serialised as ``2026-01-02T03:04:05.678Z``."""
+
+
+def _check_uuid4(value: str) -> str:
+    parsed = uuid.UUID(value)
+    if parsed.version != 4:
+        raise ValueError("id must be a UUID version 4")
+    return str(parsed)
+
+
+EventId = Annotated[str, AfterValidator(_check_uuid4)]
+
+MetadataValue = str | int | float | bool
+SourceKind = Literal["camera", "microphone", "synthetic"]
+EventKind = Literal["object", "sound", "synthetic", "snapshot"]
+Phase = Literal["new", "update", "end"]
+
+
+def new_event_id() -> str:
+    """A fresh UUID v4 string."""
+    return str(uuid.uuid4())
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class LabelName(_Frozen):
+    """A label's display name in the languages the product supports."""
+
+    en: str
+    ko: str
+
+
+class Label(_Frozen):
+    """A class a model can report: stable id (snake_case slug) and multilingual name."""
+
+    id: str
+    name: LabelName
+
+
+class DeviceRef(_Frozen):
+    """The device that produced the event."""
+
+    id: str
+    site: str | None = None
+    location: str | None = None
+
+
+class SourceRef(_Frozen):
+    """The stream (camera, microphone, synthetic) that produced the event.
+
+    For microphones this is the reference's microphone object: id, name, location, status.
+    """
+
+    id: str
+    kind: SourceKind
+    name: str
+    location: str | None = None
+    status: Literal["active", "inactive"] = "active"
+
+
+class ModelRef(_Frozen):
+    """The model that produced the predictions, pinned by the file's digest."""
+
+    name: str
+    sha256: str
+
+
+class Box(_Frozen):
+    """An axis-aligned box in pixels of the original frame: top-left corner and size."""
+
+    x: float
+    y: float
+    width: float
+    height: float
+
+
+class Prediction(_Frozen):
+    """One thing the model returned: a detection (with ``box``) or a classification."""
+
+    label: Label
+    confidence: float = Field(ge=0.0, le=1.0)
+    box: Box | None = None
+    track_id: str | None = None
+
+
+class ObjectInfo(_Frozen):
+    """A tracked object, as carried by ``kind: object`` events (one per object, not frame)."""
+
+    score: float = Field(ge=0.0, le=1.0, description="score in the frame that caused this event")
+    top_score: float = Field(ge=0.0, le=1.0)
+    threshold: float = Field(ge=0.0, le=1.0, description="score needed to confirm the object")
+    box: Box
+    area: float
+    current_zones: list[str] = Field(default_factory=list)
+    entered_zones: list[str] = Field(default_factory=list)
+    stationary: bool = False
+    frames: int = Field(default=0, ge=0, description="frames in which it was seen")
+
+
+class SoundInfo(_Frozen):
+    """A sound occurrence, as carried by ``kind: sound`` events."""
+
+    confidence: float = Field(ge=0.0, le=1.0)
+    confidence_threshold: float = Field(ge=0.0, le=1.0)
+    sound_level: float = Field(description="dBFS of the loudest window of the occurrence so far")
+    sound_level_threshold: float = Field(description="dBFS the classifier needed to run")
+
+
+class Media(_Frozen):
+    """An image or audio clip: inline (base64 ``data``) or on its own ``topic``."""
+
+    role: str = Field(description="input, annotated, crop, clip")
+    content_type: str
+    bytes: int = Field(ge=0)
+    sha256: str
+    data: str | None = Field(default=None, description="base64 payload when inline")
+    topic: str | None = Field(default=None, description="topic of the binary payload")
+    width: int | None = None
+    height: int | None = None
+    duration_s: float | None = None
+    sample_rate: int | None = None
+
+
+class Event(_Frozen):
+    """A base event: one occurrence worth recording, from one source.
+
+    ``phase``/``track_id``/``started_at``/``ended_at`` give objects and sounds a lifecycle:
+    one ``new``, a few ``update``, one ``end`` per object or sound, all sharing ``track_id``.
+    """
+
+    schema_version: Literal[1] = SCHEMA_VERSION
+    id: EventId = Field(default_factory=new_event_id)
+    kind: EventKind
+    use_case: str
+    timestamp: UtcTime
+    device: DeviceRef
+    source: SourceRef
+    model: ModelRef | None = None
+    phase: Phase | None = None
+    track_id: str | None = None
+    started_at: UtcTime | None = None
+    ended_at: UtcTime | None = None
+    label: Label | None = Field(default=None, description="the main label of the event")
+    predictions: list[Prediction] = Field(default_factory=list)
+    object: ObjectInfo | None = None
+    sound: SoundInfo | None = None
+    images: list[Media] = Field(default_factory=list)
+    audio: Media | None = None
+    metadata: dict[str, MetadataValue] = Field(default_factory=dict)
+
+    def without_media(self) -> Event:
+        """A copy with image and clip bytes removed (references and digests kept)."""
+        images = [m.model_copy(update={"data": None}) for m in self.images]
+        audio = self.audio.model_copy(update={"data": None}) if self.audio else None
+        return self.model_copy(update={"images": images, "audio": audio})
+
+    def to_json(self) -> bytes:
+        """The JSON payload published on MQTT (compact, no nulls dropped)."""
+        return self.model_dump_json().encode()
+
+
+class LabelState(_Frozen):
+    """A label linked to a composite event, as in the reference."""
+
+    id: str
+    name: LabelName
+    active: bool = True
+
+
+class RuleRef(_Frozen):
+    """The rule definition that produced a composite event (reference attributes first)."""
+
+    id: str
+    name: str
+    description: str | None = None
+    window_seconds: float
+    min_events: int
+    enabled: bool
+    group_by: str
+    include_label_ids: list[str] | None = None
+    include_mic_ids: list[str] | None = None
+    include_camera_ids: list[str] | None = None
+    include_use_cases: list[str] | None = None
+    require_labels: list[str] | None = None
+    cooldown_seconds: float = 0.0
+
+
+class CompositeEvent(_Frozen):
+    """Several base events grouped by a rule into one result (``composite-events.md``).
+
+    Published again with the same ``id`` while the group grows (``status: open``); final once
+    ``window_seconds`` pass without a new qualifying event (``status: final``, ``ended_at``).
+    """
+
+    schema_version: Literal[1] = SCHEMA_VERSION
+    id: EventId = Field(default_factory=new_event_id)
+    group_key: str
+    rule: RuleRef
+    device: DeviceRef
+    events: list[Event]
+    mics: list[SourceRef] = Field(default_factory=list)
+    cameras: list[SourceRef] = Field(default_factory=list)
+    labels: list[LabelState] = Field(default_factory=list)
+    started_at: UtcTime
+    updated_at: UtcTime
+    ended_at: UtcTime | None = None
+    status: Literal["open", "final"] = "open"
+
+    def to_json(self) -> bytes:
+        """The JSON payload published on MQTT."""
+        return self.model_dump_json().encode()
+
+
+def json_schemas() -> dict[str, dict[str, Any]]:
+    """The JSON Schemas committed under ``agent/schemas/``, by file name."""
+    return {
+        "event.schema.json": Event.model_json_schema(mode="serialization"),
+        "composite-event.schema.json": CompositeEvent.model_json_schema(mode="serialization"),
+    }

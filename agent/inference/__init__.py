@@ -1,0 +1,1 @@
+"""Inference: onnxruntime sessions and the adapters that turn raw outputs into one type."""

@@ -1,0 +1,109 @@
+"""A thin onnxruntime session wrapper: providers with fallback, threads, the file's digest."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+
+logger = logging.getLogger(__name__)
+
+PROVIDER_ALIASES = {
+    "tensorrt": "TensorrtExecutionProvider",
+    "cuda": "CUDAExecutionProvider",
+    "openvino": "OpenVINOExecutionProvider",
+    "coreml": "CoreMLExecutionProvider",
+    "cpu": "CPUExecutionProvider",
+}
+
+
+class ModelLoadError(RuntimeError):
+    """A model file is missing, corrupt or of a layout we cannot use."""
+
+
+class SessionConfig(BaseModel):
+    """How to run one ONNX file."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    path: Path = Field(description="ONNX file; relative paths are under models.dir")
+    providers: list[str] = Field(
+        default_factory=lambda: ["cpu"],
+        description="execution providers in order of preference: tensorrt, cuda, cpu, ...",
+    )
+    threads: int = Field(default=2, ge=0, description="intra-op threads; 0 lets onnxruntime pick")
+
+
+def file_sha256(path: Path) -> str:
+    """Hex sha256 of a file, read in chunks."""
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def resolve_providers(wanted: list[str], available: list[str]) -> list[str]:
+    """Map config names to onnxruntime names, keeping only available ones; CPU always last."""
+    chosen: list[str] = []
+    for name in wanted:
+        full = PROVIDER_ALIASES.get(name.lower(), name)
+        if full in available and full not in chosen:
+            chosen.append(full)
+    if "CPUExecutionProvider" not in chosen:
+        chosen.append("CPUExecutionProvider")
+    return chosen
+
+
+class InferenceSession:
+    """An onnxruntime session that knows its name, file digest and providers."""
+
+    def __init__(self, name: str, config: SessionConfig, base_dir: Path | None = None) -> None:
+        import onnxruntime as ort
+
+        path = config.path if config.path.is_absolute() or base_dir is None else base_dir / config.path
+        self.name = name
+        self.path = path
+        if not path.is_file():
+            raise ModelLoadError(
+                f"model {name}: file {path} not found (run `edge-agent models fetch`?)"
+            )
+        self.sha256 = file_sha256(path)
+        available = ort.get_available_providers()
+        providers = resolve_providers(config.providers, available)
+        missing = [p for p in config.providers
+                   if PROVIDER_ALIASES.get(p.lower(), p) not in providers]
+        if missing:
+            logger.warning("model %s: providers %s not available here (have %s); using %s",
+                           name, missing, available, providers)
+        options = ort.SessionOptions()
+        if config.threads:
+            options.intra_op_num_threads = config.threads
+        options.inter_op_num_threads = 1
+        options.log_severity_level = 3
+        try:
+            self._session = ort.InferenceSession(str(path), options, providers=providers)
+        except Exception as exc:
+            raise ModelLoadError(f"model {name}: cannot load {path}: {exc}") from exc
+        self.providers = self._session.get_providers()
+        self.inputs = self._session.get_inputs()
+        self.outputs = self._session.get_outputs()
+
+    @property
+    def input_name(self) -> str:
+        return str(self.inputs[0].name)
+
+    def input_shape(self) -> list[Any]:
+        """Shape of the first input, symbolic dims as strings or None."""
+        return list(self.inputs[0].shape)
+
+    def output_shapes(self) -> list[list[Any]]:
+        return [list(o.shape) for o in self.outputs]
+
+    def run(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        """Run the graph on ``feeds``; returns every output."""
+        return list(self._session.run(None, feeds))

@@ -1,0 +1,1 @@
+"""MQTT stage: delivery from the outbox, status with last will, stats, commands."""

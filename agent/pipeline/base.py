@@ -1,0 +1,103 @@
+"""The worker contract shared by every source kind."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from typing import Any
+
+from agent.clock import Clock
+from agent.events.schema import Event
+from agent.sources.base import SourceState, StateTracker, StatusListener
+
+logger = logging.getLogger(__name__)
+
+EventSink = Callable[[Event], None]
+"""Where a worker hands its events: the daemon validates, persists and routes them."""
+
+
+class Worker(ABC):
+    """One source's processing thread.
+
+    Subclasses implement ``_run`` (loop until ``self._stop`` is set, calling ``self.beat()``
+    each iteration) and ``stats``. ``heartbeat_age`` lets the watchdog tell a hung thread from
+    a healthy idle one: an idle loop still beats.
+    """
+
+    kind: str = "source"
+
+    def __init__(
+        self,
+        source_id: str,
+        emit: EventSink,
+        clock: Clock,
+        status_listener: StatusListener | None = None,
+    ) -> None:
+        self.source_id = source_id
+        self._emit = emit
+        self._clock = clock
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._last_beat = clock.monotonic()
+        self.tracker = StateTracker(source_id, self.kind, clock, status_listener)
+        self.detection_enabled = True
+        self.events_emitted = 0
+
+    def start(self) -> None:
+        """Start the worker thread."""
+        self._stop.clear()
+        self._last_beat = self._clock.monotonic()
+        self._thread = threading.Thread(
+            target=self._guarded_run, name=f"{self.kind}:{self.source_id}", daemon=True
+        )
+        self._thread.start()
+
+    def stop(self, timeout: float = 3.0) -> None:
+        """Ask the thread to stop and wait for it up to ``timeout`` seconds."""
+        self._stop.set()
+        self._close()
+        if self._thread is not None:
+            self._thread.join(timeout)
+            if self._thread.is_alive():
+                logger.warning("%s %s: did not stop within %.1f s", self.kind, self.source_id,
+                               timeout)
+        self.tracker.set(SourceState.STOPPED)
+
+    def beat(self) -> None:
+        """Record progress; called by the loop every iteration, busy or idle."""
+        self._last_beat = self._clock.monotonic()
+
+    def heartbeat_age(self) -> float:
+        """Seconds since the loop last made progress (0 when not running)."""
+        if self._thread is None or not self._thread.is_alive():
+            return 0.0
+        return self._clock.monotonic() - self._last_beat
+
+    @property
+    def alive(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def emit(self, event: Event) -> None:
+        """Hand an event downstream and count it."""
+        self._emit(event)
+        self.events_emitted += 1
+
+    def _guarded_run(self) -> None:
+        try:
+            self._run()
+        except Exception as exc:  # a source's bug must not take the agent down
+            logger.exception("%s %s: worker failed: %s", self.kind, self.source_id, exc)
+            self.tracker.set(SourceState.ERROR, f"worker failed: {exc}")
+
+    def _close(self) -> None:
+        """Release what blocks the loop (devices, sockets) so it notices the stop."""
+
+    @abstractmethod
+    def _run(self) -> None:
+        """The loop; returns when ``self._stop`` is set or the source ended."""
+
+    @abstractmethod
+    def stats(self) -> dict[str, Any]:
+        """Figures for the stats topic (state, fps, inference ms, events...)."""

@@ -1,0 +1,1 @@
+"""Sources: cameras, microphones and the synthetic source; they produce frames, audio, events."""

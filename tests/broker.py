@@ -1,0 +1,127 @@
+"""A real Mosquitto broker on a free loopback port, and a recording subscriber, for tests."""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import subprocess
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+
+MOSQUITTO = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
+
+
+def free_port() -> int:
+    """A TCP port nobody listens on right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Broker:
+    """One mosquitto process; ``stop()`` and ``start()`` keep the same port."""
+
+    def __init__(self, workdir: Path, port: int | None = None, extra_conf: str = "") -> None:
+        self.port = port or free_port()
+        self.host = "127.0.0.1"
+        self.workdir = workdir
+        self.conf = workdir / "mosquitto.conf"
+        self.log = workdir / "mosquitto.log"
+        self.conf.write_text(
+            f"listener {self.port} 127.0.0.1\nallow_anonymous true\npersistence false\n"
+            f"log_dest file {self.log}\nlog_type error\nlog_type warning\n"
+            f"max_inflight_messages 0\nmax_queued_messages 0\n{extra_conf}"
+        )
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(
+            [MOSQUITTO, "-c", str(self.conf)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                with socket.create_connection((self.host, self.port), timeout=0.2):
+                    return
+            except OSError:
+                if self.proc.poll() is not None:
+                    raise RuntimeError(f"mosquitto exited: {self.log.read_text()}") from None
+                time.sleep(0.01)
+        raise RuntimeError("mosquitto did not start listening within 10 s")
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.proc = None
+
+
+@dataclass
+class Received:
+    topic: str
+    payload: bytes
+    retain: bool
+
+
+@dataclass
+class Recorder:
+    """A subscriber that records every message it gets, thread-safely."""
+
+    broker: Broker
+    topics: list[str]
+    messages: list[Received] = field(default_factory=list)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    cond: threading.Condition = field(init=False)
+    client: mqtt.Client = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.cond = threading.Condition(self.lock)
+        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv311)
+        self.client.on_message = self._on_message
+        self.client.on_connect = self._on_connect
+        self._connected = threading.Event()
+        self.client.connect(self.broker.host, self.broker.port)
+        self.client.loop_start()
+        if not self._connected.wait(10):
+            raise RuntimeError("recorder could not connect")
+
+    def _on_connect(self, client, userdata, flags, rc, props=None):  # type: ignore[no-untyped-def]
+        for t in self.topics:
+            client.subscribe(t, qos=1)
+        self._connected.set()
+
+    def _on_message(self, client, userdata, msg):  # type: ignore[no-untyped-def]
+        with self.cond:
+            self.messages.append(Received(msg.topic, msg.payload, bool(msg.retain)))
+            self.cond.notify_all()
+
+    def wait_for(self, predicate: Callable[[list[Received]], bool], timeout: float = 10) -> bool:
+        """Wait until ``predicate(messages)`` holds; returns whether it did."""
+        deadline = time.monotonic() + timeout
+        with self.cond:
+            while not predicate(self.messages):
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self.cond.wait(min(left, 0.2))
+            return True
+
+    def on(self, prefix: str) -> list[Received]:
+        """Messages whose topic starts with ``prefix``."""
+        with self.lock:
+            return [m for m in self.messages if m.topic.startswith(prefix)]
+
+    def close(self) -> None:
+        self.client.loop_stop()
+        self.client.disconnect()

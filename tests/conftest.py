@@ -1,0 +1,36 @@
+"""Shared fixtures: a real Mosquitto broker and a recording subscriber."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.broker import MOSQUITTO, Broker, Recorder
+
+
+@pytest.fixture
+def broker(tmp_path: Path) -> Iterator[Broker]:
+    """A mosquitto on a free loopback port, stopped after the test."""
+    if not Path(MOSQUITTO).exists():
+        pytest.skip("mosquitto is not installed (scripts/test.sh installs it as root)")
+    b = Broker(tmp_path)
+    b.start()
+    yield b
+    b.stop()
+
+
+@pytest.fixture
+def recorder(broker: Broker) -> Iterator[Callable[..., Recorder]]:
+    """Factory: ``recorder("edge-agent/#")`` subscribes and records everything."""
+    made: list[Recorder] = []
+
+    def make(*topics: str) -> Recorder:
+        r = Recorder(broker, list(topics) or ["#"])
+        made.append(r)
+        return r
+
+    yield make
+    for r in made:
+        r.close()
