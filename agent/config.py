@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -100,21 +100,27 @@ class AgentConfig(BaseSettings):
 
     def all_sources(self) -> list[SourceCommon]:
         """Every configured source, of every kind."""
-        return [*self.synthetic]
+        return [source for _, source in self.source_paths()]
 
-    @model_validator(mode="after")
-    def _cross_checks(self) -> AgentConfig:
-        seen: set[str] = set()
-        for source in self.all_sources():
-            if source.id in seen:
-                raise ValueError(f"source id {source.id!r} is used twice")
-            seen.add(source.id)
-            if source.use_case not in self.use_cases:
-                raise ValueError(
-                    f"source {source.id}: use_case {source.use_case!r} is not in use_cases "
-                    f"(have: {', '.join(sorted(self.use_cases))})"
-                )
-        return self
+    def source_paths(self) -> list[tuple[str, SourceCommon]]:
+        """Every source with its path in the file, e.g. ``("cameras[0]", camera)``."""
+        return [(f"synthetic[{i}]", s) for i, s in enumerate(self.synthetic)]
+
+
+def cross_check(config: AgentConfig) -> list[str]:
+    """Problems that span sections (ids, references between sections); one line each."""
+    problems: list[str] = []
+    seen: dict[str, str] = {}
+    for path, source in config.source_paths():
+        if source.id in seen:
+            problems.append(f"{path}.id: {source.id!r} is already used by {seen[source.id]}")
+        seen.setdefault(source.id, path)
+        if source.use_case not in config.use_cases:
+            problems.append(
+                f"{path}.use_case: {source.use_case!r} is not in use_cases "
+                f"(have: {', '.join(sorted(config.use_cases))})"
+            )
+    return problems
 
 
 class ConfigError(Exception):
@@ -187,6 +193,9 @@ def load_config(path: Path | None, environ: dict[str, str] | None = None) -> Age
             os.environ.update(env_backup)
     if path is not None and not config.models.dir.is_absolute():
         config.models.dir = (path.parent / config.models.dir).resolve()
+    problems = cross_check(config)
+    if problems:
+        raise ConfigError(problems)
     return config
 
 

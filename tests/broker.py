@@ -27,15 +27,21 @@ def free_port() -> int:
 class Broker:
     """One mosquitto process; ``stop()`` and ``start()`` keep the same port."""
 
-    def __init__(self, workdir: Path, port: int | None = None, extra_conf: str = "") -> None:
+    def __init__(self, workdir: Path, port: int | None = None, extra_conf: str = "",
+                 persistent: bool = False) -> None:
         self.port = port or free_port()
         self.host = "127.0.0.1"
         self.workdir = workdir
         self.conf = workdir / "mosquitto.conf"
         self.log = workdir / "mosquitto.log"
+        # Persistence keeps subscribers' sessions across a broker restart, so an outage test
+        # measures the agent, not the gap in the test's own subscription.
+        persistence = (f"persistence true\npersistence_location {workdir}/\n" if persistent
+                       else "persistence false\n")
+        anon = "" if "allow_anonymous" in extra_conf else "allow_anonymous true\n"
         self.conf.write_text(
-            f"listener {self.port} 127.0.0.1\nallow_anonymous true\npersistence false\n"
-            f"log_dest file {self.log}\nlog_type error\nlog_type warning\n"
+            f"listener {self.port} 127.0.0.1\n{persistence}"
+            f"{anon}log_dest file {self.log}\nlog_type error\nlog_type warning\n"
             f"max_inflight_messages 0\nmax_queued_messages 0\n{extra_conf}"
         )
         self.proc: subprocess.Popen[bytes] | None = None
@@ -80,6 +86,7 @@ class Recorder:
 
     broker: Broker
     topics: list[str]
+    client_id: str = ""
     messages: list[Received] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
     cond: threading.Condition = field(init=False)
@@ -87,7 +94,11 @@ class Recorder:
 
     def __post_init__(self) -> None:
         self.cond = threading.Condition(self.lock)
-        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv311)
+        # With a client id the session is persistent: the broker queues what arrives while
+        # this subscriber is reconnecting.
+        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=self.client_id,
+                                  protocol=mqtt.MQTTv311, clean_session=not self.client_id)
+        self.client.reconnect_delay_set(0.1, 0.5)
         self.client.on_message = self._on_message
         self.client.on_connect = self._on_connect
         self._connected = threading.Event()

@@ -175,7 +175,7 @@ class Event(_Frozen):
     one ``new``, a few ``update``, one ``end`` per object or sound, all sharing ``track_id``.
     """
 
-    schema_version: Literal[1] = SCHEMA_VERSION
+    schema_version: Literal[1] = 1
     id: EventId = Field(default_factory=new_event_id)
     kind: EventKind
     use_case: str
@@ -239,7 +239,7 @@ class CompositeEvent(_Frozen):
     ``window_seconds`` pass without a new qualifying event (``status: final``, ``ended_at``).
     """
 
-    schema_version: Literal[1] = SCHEMA_VERSION
+    schema_version: Literal[1] = 1
     id: EventId = Field(default_factory=new_event_id)
     group_key: str
     rule: RuleRef

