@@ -207,12 +207,16 @@ def read_mqtt_password(config: MqttConfig) -> str | None:
         try:
             return config.password_file.read_text(encoding="utf-8").splitlines()[0].strip()
         except (OSError, IndexError) as exc:
-            raise ConfigError([f"mqtt.password_file: cannot read {config.password_file}: {exc}"])
+            raise ConfigError(
+                [f"mqtt.password_file: cannot read {config.password_file}: {exc}"]
+            ) from None
     creds = os.environ.get("CREDENTIALS_DIRECTORY")
     if creds:
         candidate = Path(creds) / config.password_credential
         if candidate.is_file():
-            return candidate.read_text(encoding="utf-8").splitlines()[0].strip()
+            # The unit's fallback credential is a lone newline: that means "no password".
+            lines = candidate.read_text(encoding="utf-8").splitlines()
+            return (lines[0].strip() if lines else "") or None
     return None
 
 

@@ -48,14 +48,14 @@ def jpeg_media(
 
 def wav_bytes(samples: npt.NDArray[np.floating] | npt.NDArray[np.int16], sample_rate: int) -> bytes:
     """Mono 16-bit PCM WAV of float samples in [-1, 1] (or int16 samples)."""
-    if samples.dtype != np.int16:
-        samples = (np.clip(samples, -1.0, 1.0) * 32767.0).astype(np.int16)
+    pcm = samples if samples.dtype == np.int16 else (
+        np.clip(samples, -1.0, 1.0) * 32767.0).astype(np.int16)
     out = io.BytesIO()
     with wave.open(out, "wb") as w:
         w.setnchannels(1)
         w.setsampwidth(2)
         w.setframerate(sample_rate)
-        w.writeframes(samples.tobytes())
+        w.writeframes(pcm.tobytes())
     return out.getvalue()
 
 

@@ -55,7 +55,9 @@ class Detections:
     def __len__(self) -> int:
         return len(self.confidence)
 
-    def __getitem__(self, index: npt.NDArray[np.bool_] | npt.NDArray[np.int64] | slice) -> Detections:
+    def __getitem__(
+        self, index: npt.NDArray[np.bool_] | npt.NDArray[np.int64] | slice
+    ) -> Detections:
         """Select a subset with a boolean mask, index array or slice."""
         return Detections(
             self.xyxy[index], self.confidence[index], self.class_id[index], self.tracker_id[index]

@@ -65,7 +65,9 @@ class InferenceSession:
     def __init__(self, name: str, config: SessionConfig, base_dir: Path | None = None) -> None:
         import onnxruntime as ort
 
-        path = config.path if config.path.is_absolute() or base_dir is None else base_dir / config.path
+        path = config.path
+        if not path.is_absolute() and base_dir is not None:
+            path = base_dir / path
         self.name = name
         self.path = path
         if not path.is_file():
@@ -84,6 +86,9 @@ class InferenceSession:
         if config.threads:
             options.intra_op_num_threads = config.threads
         options.inter_op_num_threads = 1
+        # Spinning worker threads keep burning CPU after each run; on a 2-4 core board that
+        # steals time from capture and pre-processing and costs power while idle.
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         options.log_severity_level = 3
         try:
             self._session = ort.InferenceSession(str(path), options, providers=providers)

@@ -1,0 +1,203 @@
+"""Object detection: frame -> letterbox -> onnxruntime -> layout adapter -> NMS -> frame boxes.
+
+A ``Detector`` owns one ONNX session. At load time it runs the model once on a blank input:
+that warms the session up, proves the file runs with our input, and gives the concrete output
+shapes from which the layout (``type: auto``) and the class count are read, so a wrong model
+fails at startup with a message naming it rather than on the first frame.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import time
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import numpy.typing as npt
+from pydantic import Field, PositiveInt
+
+from agent.events.schema import ModelRef
+from agent.inference.adapters import LAYOUTS, Layout, Shape, detect_layout, layout_classes, nms
+from agent.inference.detections import Detections
+from agent.inference.letterbox import letterbox, to_tensor, unletterbox_boxes
+from agent.inference.session import InferenceSession, ModelLoadError, SessionConfig
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_INPUT_SIZE = (640, 640)
+"""(width, height) for models whose input shape is dynamic and whose config names none."""
+
+_INPUT_DTYPES: dict[str, type[np.floating[Any]]] = {
+    "tensor(float)": np.float32,
+    "tensor(float16)": np.float16,
+}
+
+
+class DetectorModelConfig(SessionConfig):
+    """An object-detection model: the ONNX file, its output layout, labels and thresholds."""
+
+    type: Literal["auto", "yolov3", "yolov5", "yolov8", "end2end"] = Field(
+        default="auto",
+        description="output layout; auto reads it from the output shapes",
+    )
+    labels: str = Field(
+        default="coco",
+        description="'coco' for the shared COCO catalogue, else a label file (one name a line) "
+        "relative to models.dir",
+    )
+    input_size: tuple[PositiveInt, PositiveInt] | None = Field(
+        default=None,
+        description="(width, height); default: the model's input shape, else 640x640",
+    )
+    color: Literal["rgb", "bgr"] = Field(default="rgb", description="channel order the model wants")
+    scale: float = Field(default=1 / 255, gt=0, description="pixel scale: 1/255 or 1 for 0..255")
+    score_threshold: float = Field(default=0.25, ge=0, le=1, description="pre-NMS score floor")
+    iou_threshold: float = Field(default=0.45, gt=0, le=1, description="NMS overlap threshold")
+
+
+def load_labels(spec: str, models_dir: Path, model_name: str) -> list[str]:
+    """English label names by class index: the COCO catalogue or a one-name-a-line file."""
+    if spec == "coco":
+        csv_path = models_dir / "labels" / "coco.csv"
+        if csv_path.is_file():
+            with csv_path.open(encoding="utf-8", newline="") as fh:
+                rows = list(csv.DictReader(fh))
+            if rows and "en" in rows[0]:
+                if "index" in rows[0]:
+                    rows.sort(key=lambda r: int(r["index"]))
+                return [r["en"].strip() for r in rows]
+        path = models_dir / "coco.names"
+        if not path.is_file():
+            raise ModelLoadError(
+                f"model {model_name}: labels 'coco': neither {csv_path} (column en) nor {path} "
+                "found (run `edge-agent models fetch`?)"
+            )
+    else:
+        path = Path(spec) if Path(spec).is_absolute() else models_dir / spec
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ModelLoadError(f"model {model_name}: cannot read label file {path}: {exc}") from exc
+    names = [line.strip() for line in text.splitlines() if line.strip()]
+    if not names:
+        raise ModelLoadError(f"model {model_name}: label file {path} has no names")
+    return names
+
+
+def _input_geometry(
+    name: str, session: InferenceSession, wanted: tuple[int, int] | None
+) -> tuple[int, int]:
+    """(width, height) to feed, checked against the model's input shape."""
+    shape = session.input_shape()
+    if len(shape) != 4 or (isinstance(shape[1], int) and shape[1] != 3):
+        raise ModelLoadError(
+            f"model {name}: input {session.input_name} has shape {shape}; "
+            "expected [1, 3, height, width] (NCHW, 3 channels)"
+        )
+    height, width = shape[2], shape[3]
+    static = (width, height) if isinstance(width, int) and isinstance(height, int) else None
+    if wanted is None:
+        return static or DEFAULT_INPUT_SIZE
+    if static is not None and wanted != static:
+        raise ModelLoadError(
+            f"model {name}: input_size {list(wanted)} but the model's input is fixed at "
+            f"{static[0]}x{static[1]} (width x height)"
+        )
+    return wanted
+
+
+class Detector:
+    """Runs one object-detection model on BGR frames; boxes come back in frame pixels.
+
+    Not thread-safe (it reuses one input buffer): give each worker thread its own detector.
+    """
+
+    def __init__(self, name: str, config: DetectorModelConfig, models_dir: Path) -> None:
+        self.name = name
+        self.config = config
+        self.session = InferenceSession(name, config, models_dir)
+        self.model_ref = ModelRef(name=name, sha256=self.session.sha256)
+        self.labels = load_labels(config.labels, models_dir, name)
+        self.input_size = _input_geometry(name, self.session, config.input_size)
+        input_type = self.session.inputs[0].type
+        if input_type not in _INPUT_DTYPES:
+            raise ModelLoadError(
+                f"model {name}: input type {input_type} is not supported (float or float16)"
+            )
+        width, height = self.input_size
+        # One reusable input buffer: the tensor is filled in place every frame.
+        self._tensor = np.zeros((1, 3, height, width), dtype=_INPUT_DTYPES[input_type])
+        try:
+            probe = self.session.run({self.session.input_name: self._tensor})
+        except Exception as exc:
+            raise ModelLoadError(
+                f"model {name}: a test run on a [1, 3, {height}, {width}] input failed: {exc}"
+            ) from exc
+        shapes: list[Shape] = [tuple(int(d) for d in o.shape) for o in probe]
+        self.layout = self._choose_layout(shapes)
+        self.last_inference_ms = 0.0
+        self._warned_class_range = False
+        logger.info(
+            "model %s: %s layout, outputs %s, input %dx%d, %d labels, providers %s",
+            name, self.layout.name, [list(s) for s in shapes], width, height,
+            len(self.labels), self.session.providers,
+        )
+
+    def _choose_layout(self, shapes: list[Shape]) -> Layout:
+        name = self.name
+        described = ", ".join(str(list(s)) for s in shapes)
+        wanted: str | None = self.config.type
+        if wanted == "auto":
+            wanted = detect_layout(shapes, len(self.labels))
+        if wanted is None:
+            supported = "; ".join(f"{k}: {v.description}" for k, v in LAYOUTS.items())
+            raise ModelLoadError(
+                f"model {name}: unsupported output layout {described}; supported: {supported}"
+            )
+        layout = LAYOUTS[wanted]
+        classes = layout_classes(layout.name, shapes)
+        if classes is None:
+            raise ModelLoadError(
+                f"model {name}: outputs {described} do not fit type {layout.name} "
+                f"({layout.description})"
+            )
+        if classes and classes != len(self.labels):
+            raise ModelLoadError(
+                f"model {name}: read as {layout.name}, outputs {described} predict {classes} "
+                f"classes but labels {self.config.labels!r} has {len(self.labels)} names; "
+                "set labels: to a file with one name per class (or type: if the layout is "
+                "misread)"
+            )
+        return layout
+
+    def detect(self, frame_bgr: npt.NDArray[np.uint8]) -> Detections:
+        """Detections in ``frame_bgr`` ((H, W, 3) BGR uint8), boxes in frame pixels."""
+        if frame_bgr.ndim != 3 or frame_bgr.shape[2] != 3:
+            raise ValueError(f"expected an (H, W, 3) BGR frame, got shape {list(frame_bgr.shape)}")
+        config = self.config
+        image, box = letterbox(frame_bgr, self.input_size)
+        to_tensor(image, rgb=config.color == "rgb", scale=config.scale, out=self._tensor)
+        started = time.perf_counter()
+        outputs = self.session.run({self.session.input_name: self._tensor})
+        self.last_inference_ms = (time.perf_counter() - started) * 1000.0
+        found = self.layout.decode(outputs, config.score_threshold, self.input_size)
+        if self.layout.needs_nms:
+            found = nms(found, config.iou_threshold)
+        else:
+            # End-to-end graphs need not sort; downstream expects the best first.
+            found = found[np.argsort(-found.confidence, kind="stable")]
+        xyxy = unletterbox_boxes(found.xyxy, box.scale, box.pad, box.orig_shape)
+        # Boxes that lay wholly in the padding collapse to nothing when clipped: drop them,
+        # and class ids the labels cannot name (only end-to-end models can produce them).
+        keep = (xyxy[:, 2] > xyxy[:, 0]) & (xyxy[:, 3] > xyxy[:, 1])
+        in_range = (found.class_id >= 0) & (found.class_id < len(self.labels))
+        if not self._warned_class_range and not in_range.all():
+            self._warned_class_range = True
+            logger.warning(
+                "model %s: class ids %s are outside the %d labels; dropping them",
+                self.name, sorted(set(found.class_id[~in_range].tolist())), len(self.labels),
+            )
+        keep &= in_range
+        return Detections(xyxy[keep], found.confidence[keep], found.class_id[keep])
