@@ -99,7 +99,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     def with_config(p: argparse.ArgumentParser, required: bool = True) -> None:
         p.add_argument("-c", "--config", type=Path, required=required,
-                       default=None if required else None, help="YAML configuration file")
+                       help="YAML configuration file")
 
     p = sub.add_parser("run", help="run the agent until SIGTERM/SIGINT (SIGHUP reloads)")
     with_config(p)

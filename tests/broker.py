@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import socket
 import subprocess
@@ -39,6 +40,10 @@ class Broker:
         persistence = (f"persistence true\npersistence_location {workdir}/\n" if persistent
                        else "persistence false\n")
         anon = "" if "allow_anonymous" in extra_conf else "allow_anonymous true\n"
+        # Started as root, mosquitto drops to user "mosquitto", which cannot read pytest's
+        # private temporary directories (password files, persistence).
+        if os.geteuid() == 0:
+            anon += "user root\n"
         self.conf.write_text(
             f"listener {self.port} 127.0.0.1\n{persistence}"
             f"{anon}log_dest file {self.log}\nlog_type error\nlog_type warning\n"
@@ -58,7 +63,8 @@ class Broker:
                     return
             except OSError:
                 if self.proc.poll() is not None:
-                    raise RuntimeError(f"mosquitto exited: {self.log.read_text()}") from None
+                    log = self.log.read_text() if self.log.exists() else "(no log)"
+                    raise RuntimeError(f"mosquitto exited: {log}") from None
                 time.sleep(0.01)
         raise RuntimeError("mosquitto did not start listening within 10 s")
 
@@ -88,7 +94,7 @@ class Recorder:
     topics: list[str]
     client_id: str = ""
     messages: list[Received] = field(default_factory=list)
-    lock: threading.Lock = field(default_factory=threading.Lock)
+    lock: threading.RLock = field(default_factory=threading.RLock)
     cond: threading.Condition = field(init=False)
     client: mqtt.Client = field(init=False)
 

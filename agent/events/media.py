@@ -10,6 +10,7 @@ import base64
 import hashlib
 import io
 import wave
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -34,13 +35,14 @@ def jpeg_media(
     """Encode a BGR frame as JPEG, shrunk to ``max_width`` when wider."""
     import cv2
 
-    h, w = frame_bgr.shape[:2]
+    image: npt.NDArray[np.integer[Any] | np.floating[Any]] = frame_bgr
+    h, w = image.shape[:2]
     if max_width is not None and w > max_width:
         scale = max_width / w
-        frame_bgr = cv2.resize(frame_bgr, (max_width, max(1, round(h * scale))),
-                               interpolation=cv2.INTER_AREA)
-        h, w = frame_bgr.shape[:2]
-    ok, buf = cv2.imencode(".jpg", frame_bgr, [cv2.IMWRITE_JPEG_QUALITY, int(quality)])
+        image = cv2.resize(image, (max_width, max(1, round(h * scale))),
+                           interpolation=cv2.INTER_AREA)
+        h, w = image.shape[:2]
+    ok, buf = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, int(quality)])
     if not ok:
         raise ValueError("JPEG encoding failed")
     return _media(role, "image/jpeg", buf.tobytes(), width=w, height=h)

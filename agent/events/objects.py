@@ -105,18 +105,12 @@ class LabelFilter(BaseModel):
 
     @model_validator(mode="after")
     def _ordered(self) -> LabelFilter:
-        if self.max_area is not None and _area_px(self.max_area, 1e6) < _area_px(self.min_area, 1e6):
+        same_unit = self.max_area is not None and (self.max_area <= 1.0) == (self.min_area <= 1.0)
+        if same_unit and self.max_area is not None and self.max_area < self.min_area:
             raise ValueError("max_area is below min_area")
         if self.max_ratio is not None and self.max_ratio < self.min_ratio:
             raise ValueError("max_ratio is below min_ratio")
-        if self.threshold < self.min_score:
-            raise ValueError("threshold is below min_score (an object could never be tracked "
-                             "long enough to be confirmed)")
         return self
-
-
-def _area_px(value: float, frame_area: float) -> float:
-    return value * frame_area if value <= 1.0 else value
 
 
 class ObjectsConfig(BaseModel):
@@ -171,9 +165,12 @@ def points_in_polygon(points: FloatArray, polygon: FloatArray) -> BoolArray:
     x1, y1 = polygon[:, 0][None, :], polygon[:, 1][None, :]
     x2, y2 = np.roll(polygon[:, 0], -1)[None, :], np.roll(polygon[:, 1], -1)[None, :]
     straddles = (y1 > y) != (y2 > y)
-    dy = np.where(y2 == y1, 1e-12, y2 - y1)
-    crossing_x = x1 + (y - y1) * (x2 - x1) / dy
-    hits = straddles & (x < crossing_x)
+    # "x left of the edge's crossing point", multiplied out so that no division by a
+    # horizontal edge's zero height can happen (dy is never zero where an edge straddles).
+    dy = y2 - y1
+    lhs = (x - x1) * dy
+    rhs = (y - y1) * (x2 - x1)
+    hits = straddles & np.where(dy > 0, lhs < rhs, lhs > rhs)
     return (np.count_nonzero(hits, axis=1) % 2 == 1).astype(bool)
 
 
@@ -212,7 +209,7 @@ class Overlay:
 def draw_overlay(image: npt.NDArray[np.uint8], overlay: Overlay) -> npt.NDArray[np.uint8]:
     """A copy of ``image`` with the overlay drawn; sizes scale with the image."""
     out = image.copy()
-    h, w = out.shape[:2]
+    w = out.shape[1]
     line = max(1, round(w / 480))
     font_scale = max(0.4, w / 1600)
     if overlay.masks:
@@ -228,7 +225,7 @@ def draw_overlay(image: npt.NDArray[np.uint8], overlay: Overlay) -> npt.NDArray[
     for i, (box, caption, colour) in enumerate(
         zip(overlay.boxes, overlay.captions, overlay.colours, strict=True)
     ):
-        x1, y1, x2, y2 = (int(round(float(v))) for v in box)
+        x1, y1, x2, y2 = (round(float(v)) for v in box)
         thick = line * 2 if i == overlay.highlight else line
         cv2.rectangle(out, (x1, y1), (x2, y2), colour, thick)
         (tw, th), base = cv2.getTextSize(caption, cv2.FONT_HERSHEY_SIMPLEX, font_scale, line)
@@ -396,13 +393,15 @@ class ObjectProcessor:
             state = self._states.pop(track.id, None)
             if track.confirmed and state is not None:
                 events.append(self._end(track, state, wall))
-        self._update_zones(step.seen, width, height)
-        overlay: Overlay | None = None
         for track in step.seen:
             state = self._states.get(track.id)
             if state is None:
                 state = self._states[track.id] = _ObjectState(first_wall=wall, last_wall=wall)
             state.last_wall = wall
+        self._update_zones(step.seen, width, height)
+        overlay: Overlay | None = None
+        for track in step.seen:
+            state = self._states[track.id]
             if not track.confirmed:
                 if (track.hits >= self.tracking.min_hits
                         and track.median_score() >= self._threshold[track.class_id]):
@@ -447,8 +446,13 @@ class ObjectProcessor:
 
     @property
     def busy(self) -> bool:
-        """Whether any track (confirmed or not) may still change: the detector should run."""
-        return any(not tr.stationary for tr in self.tracker.tracks)
+        """Whether any track may still change, so the detector should keep running.
+
+        A stationary object that the last detector run did not find counts: it may have
+        left, and must be seen to be gone within ``max_disappeared`` runs at the full rate,
+        not at the keepalive rate.
+        """
+        return any(not tr.stationary or tr.missed > 0 for tr in self.tracker.tracks)
 
     @property
     def tracking_anything(self) -> bool:
@@ -470,9 +474,7 @@ class ObjectProcessor:
         inside = {name: points_in_polygon(pts, poly) & self._zone_classes[name][classes]
                   for name, poly in self._zone_polys.items()}
         for i, track in enumerate(seen):
-            state = self._states.get(track.id)
-            if state is None:
-                state = self._states[track.id] = _ObjectState(first_wall=0.0, last_wall=0.0)
+            state = self._states[track.id]
             current = []
             for name, zone in self.zones.items():
                 frames = state.zone_frames.get(name, 0) + 1 if inside[name][i] else 0
@@ -505,8 +507,9 @@ class ObjectProcessor:
         if cfg.max_width is not None and width > cfg.max_width:
             # Shrink once, then draw at the final size so captions stay legible.
             scale = cfg.max_width / width
-            image = cv2.resize(image, (cfg.max_width, max(1, round(image.shape[0] * scale))),
-                               interpolation=cv2.INTER_AREA)
+            image = np.asarray(cv2.resize(image, (cfg.max_width,
+                                                  max(1, round(image.shape[0] * scale))),
+                                          interpolation=cv2.INTER_AREA), dtype=np.uint8)
             overlay = Overlay(
                 boxes=overlay.boxes * scale, captions=overlay.captions, colours=overlay.colours,
                 zones={n: p * scale for n, p in overlay.zones.items()},

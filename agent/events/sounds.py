@@ -45,9 +45,10 @@ def rms_dbfs(samples: FloatArray) -> tuple[float, float]:
     """RMS and its level in dBFS (0 dBFS: a full-scale square wave), floored at -120."""
     if len(samples) == 0:
         return 0.0, FLOOR_DBFS
-    x = samples.astype(np.float64, copy=False)
-    rms = float(np.sqrt(np.dot(x, x) / len(x)))
-    return rms, max(FLOOR_DBFS, 20.0 * np.log10(rms)) if rms > 0 else FLOOR_DBFS
+    # Not np.dot: OpenBLAS threads a dot product this long, and its idle threads then spin
+    # for a while after every call (a quarter of a core at two windows a second).
+    rms = float(np.sqrt(np.mean(np.square(samples, dtype=np.float64))))
+    return rms, max(FLOOR_DBFS, float(20.0 * np.log10(rms))) if rms > 0 else FLOOR_DBFS
 
 
 @dataclass(frozen=True)
@@ -227,7 +228,7 @@ class ClipRecorder:
 
     def index(self, t: float) -> int:
         """The stream position (in samples) of time ``t``."""
-        return self.total - int(round((self.end_time - t) * self.rate))
+        return self.total - round((self.end_time - t) * self.rate)
 
     def start(self, key: str, from_time: float) -> None:
         """Open a clip from ``from_time`` minus the pre-roll (as far as the history reaches)."""

@@ -91,7 +91,7 @@ class Worker(ABC):
             logger.exception("%s %s: worker failed: %s", self.kind, self.source_id, exc)
             self.tracker.set(SourceState.ERROR, f"worker failed: {exc}")
 
-    def _close(self) -> None:
+    def _close(self) -> None:  # noqa: B027  (an optional hook, not an abstract step)
         """Release what blocks the loop (devices, sockets) so it notices the stop."""
 
     @abstractmethod

@@ -1,0 +1,355 @@
+"""Wiring: the one place that knows every stage, starts and stops them, and handles signals.
+
+    workers (sources -> inference -> events) --emit--> Dispatcher
+        Dispatcher: check metadata -> outbox (durable) -> rules -> outbox
+    MqttLink: outbox -> broker (PUBACK -> ack), availability, retained source status
+    main loop: rule timers, TTL, stats, systemd watchdog (fed only while healthy), SIGHUP reload
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import signal
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+from agent import __version__
+from agent.clock import Clock, SystemClock
+from agent.config import AgentConfig, ConfigError, load_config, read_mqtt_password
+from agent.events.schema import CompositeEvent, DeviceRef, Event, LabelName
+from agent.events.validate import metadata_problems
+from agent.mqtt.link import MqttLink, Topics
+from agent.notify import SystemdNotifier
+from agent.outbox.store import Outbox, OutboxError, OutboxMessage
+from agent.pipeline.base import Worker
+from agent.pipeline.synthetic import SyntheticWorker
+from agent.sources.base import SourceStatus
+from agent.sources.config import SourceCommon, SyntheticConfig
+
+logger = logging.getLogger(__name__)
+
+HUNG_AFTER_S = 20.0
+"""A worker or the MQTT loop that has not gone round for this long is hung."""
+
+
+def event_messages(event: Event, media_on_topic: bool) -> list[OutboxMessage]:
+    """The outbox messages for one event: the JSON, and its media when they travel apart.
+
+    Media go first so that a consumer that sees the event can already fetch its images.
+    """
+    stream = event.source.id
+    topic = Topics.events(stream)
+    if not media_on_topic or not (event.images or (event.audio and event.audio.data)):
+        return [OutboxMessage(topic, event.to_json(), stream)]
+    messages: list[OutboxMessage] = []
+
+    def split(media: Any) -> Any:
+        if media is None or media.data is None:
+            return media
+        media_topic = Topics.media(stream, event.id, media.role)
+        messages.append(
+            OutboxMessage(media_topic, base64.b64decode(media.data), stream, kind="media")
+        )
+        return media.model_copy(update={"data": None, "topic": media_topic})
+
+    images = [split(m) for m in event.images]
+    audio = split(event.audio)
+    slim = event.model_copy(update={"images": images, "audio": audio})
+    messages.append(OutboxMessage(topic, slim.to_json(), stream))
+    return messages
+
+
+def composite_message(composite: CompositeEvent) -> OutboxMessage:
+    """The outbox message of a composite event (same stream per rule keeps updates in order)."""
+    return OutboxMessage(
+        Topics.composite(composite.rule.id), composite.to_json(), f"rule:{composite.rule.id}",
+        kind="composite",
+    )
+
+
+class Dispatcher:
+    """Takes events from every worker: check, persist, feed the rules, wake delivery.
+
+    Thread-safe: workers call ``emit`` from their own threads.
+    """
+
+    def __init__(self, config: AgentConfig, outbox: Outbox, wake: Callable[[], None],
+                 engine: Any | None = None) -> None:
+        self._config = config
+        self._outbox = outbox
+        self._wake = wake
+        self.engine = engine
+        self._engine_lock = threading.Lock()
+        self._count_lock = threading.Lock()
+        self.rejected: Counter[str] = Counter()
+        self.accepted = 0
+        self.composites = 0
+
+    def set_config(self, config: AgentConfig) -> None:
+        self._config = config
+
+    def _count(self, reason: str) -> None:
+        with self._count_lock:
+            self.rejected[reason] += 1
+
+    def emit(self, event: Event) -> None:
+        """Accept one base event from a worker."""
+        problems = metadata_problems(event, self._config.use_cases)
+        if problems:
+            self._count("invalid_metadata")
+            logger.warning("event %s from %s rejected (use case %s): %s", event.id,
+                           event.source.id, event.use_case, "; ".join(problems))
+            return
+        media_on_topic = self._config.mqtt.media_transport == "topic"
+        if not self._put(event_messages(event, media_on_topic), event.source.id):
+            return
+        with self._count_lock:
+            self.accepted += 1
+        if self.engine is not None:
+            with self._engine_lock:
+                composites = self.engine.process(event)
+            self.emit_composites(composites)
+        self._wake()
+
+    def emit_composites(self, composites: list[CompositeEvent]) -> None:
+        """Persist composite events (new, updated or final)."""
+        for composite in composites:
+            if self._put([composite_message(composite)], f"rule {composite.rule.id}"):
+                with self._count_lock:
+                    self.composites += 1
+        if composites:
+            self._wake()
+
+    def tick(self) -> None:
+        """Let rule windows close with time, even when no event arrives."""
+        if self.engine is not None:
+            with self._engine_lock:
+                composites = self.engine.tick()
+            self.emit_composites(composites)
+
+    def _put(self, messages: list[OutboxMessage], origin: str) -> bool:
+        try:
+            return self._outbox.put_many(messages)
+        except OutboxError as exc:
+            self._count("outbox_error")
+            logger.error("%s: event not stored (counted as outbox_error): %s", origin, exc)
+            return False
+
+
+class Daemon:
+    """The running agent: build everything from a config, run until told to stop."""
+
+    def __init__(self, config: AgentConfig, config_path: Path | None = None,
+                 clock: Clock | None = None, notifier: SystemdNotifier | None = None) -> None:
+        self.config = config
+        self.config_path = config_path
+        self.clock = clock or SystemClock()
+        self.notifier = notifier or SystemdNotifier()
+        self.started_at = time.time()
+        self.device = DeviceRef(id=config.device.id, site=config.device.site,
+                                location=config.device.location)
+        self._stop = threading.Event()
+        self._reload = threading.Event()
+        self._stats_now = threading.Event()
+        self.outbox = Outbox(config.outbox, self.clock)
+        self.link = MqttLink(config.mqtt, config.device.id, self.outbox,
+                             read_mqtt_password(config.mqtt), self.clock)
+        self.dispatcher = Dispatcher(config, self.outbox, self.link.wake, self._build_engine())
+        self.workers: dict[str, Worker] = {}
+        self._hung_reported: set[str] = set()
+
+    # -- building ---------------------------------------------------------------------------
+
+    def _label_names(self, label_id: str) -> LabelName | None:
+        return None
+
+    def _build_engine(self) -> Any | None:
+        return None
+
+    def _status_listener(self, status: SourceStatus) -> None:
+        logger.info("%s %s: %s%s", status.kind, status.source_id, status.state.value,
+                    f" ({status.detail})" if status.detail else "")
+        self.link.set_retained(self.link.topics.source_status(status.source_id),
+                               json.dumps(status.to_dict()).encode())
+
+    def build_worker(self, source: SourceCommon) -> Worker:
+        """A worker for one configured source."""
+        emit = self.dispatcher.emit
+        if isinstance(source, SyntheticConfig):
+            return SyntheticWorker(source, self.device, emit, self.clock, self._status_listener,
+                                   self._label_names)
+        raise TypeError(f"no worker for source {source.id} ({type(source).__name__})")
+
+    # -- running ----------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Start delivery, then sources."""
+        self.link.start()
+        for source in self.config.all_sources():
+            if source.enabled:
+                self._start_worker(source)
+        self.notifier.ready()
+        self.notifier.status(self._status_line())
+        logger.info("edge-agent %s running: device %s, %d sources, outbox %s", __version__,
+                    self.config.device.id, len(self.workers), self.config.outbox.path)
+
+    def _start_worker(self, source: SourceCommon) -> None:
+        try:
+            worker = self.build_worker(source)
+        except Exception as exc:  # one bad source must not stop the others
+            logger.error("source %s: cannot start: %s", source.id, exc)
+            return
+        self.workers[source.id] = worker
+        worker.start()
+
+    def request_stop(self) -> None:
+        self._stop.set()
+
+    def request_reload(self) -> None:
+        self._reload.set()
+
+    def request_stats(self) -> None:
+        self._stats_now.set()
+
+    def install_signal_handlers(self) -> None:
+        def on_stop(signum: int, frame: FrameType | None) -> None:
+            logger.info("received %s; stopping", signal.Signals(signum).name)
+            self._stop.set()
+
+        def on_hup(signum: int, frame: FrameType | None) -> None:
+            self._reload.set()
+
+        signal.signal(signal.SIGTERM, on_stop)
+        signal.signal(signal.SIGINT, on_stop)
+        signal.signal(signal.SIGHUP, on_hup)
+
+    def run(self) -> int:
+        """Run until stopped; returns the exit code."""
+        self.start()
+        interval = self.config.stats.interval
+        next_stats = self.clock.monotonic() + min(5.0, interval)
+        beat = 1.0
+        if self.notifier.watchdog_interval:
+            beat = min(beat, self.notifier.watchdog_interval / 3)
+        while not self._stop.wait(beat):
+            if self._reload.is_set():
+                self._reload.clear()
+                self.reload()
+            self.dispatcher.tick()
+            self.outbox.expire()
+            if self.healthy():
+                self.notifier.watchdog()
+            now = self.clock.monotonic()
+            if now >= next_stats or self._stats_now.is_set():
+                self._stats_now.clear()
+                self.publish_stats()
+                next_stats = now + self.config.stats.interval
+        self.shutdown()
+        return 0
+
+    def healthy(self) -> bool:
+        """True while every thread that matters still goes round; logs what hangs, once."""
+        hung = {sid: w.heartbeat_age() for sid, w in self.workers.items()
+                if w.heartbeat_age() > HUNG_AFTER_S}
+        if self.link.heartbeat_age() > HUNG_AFTER_S:
+            hung["mqtt"] = self.link.heartbeat_age()
+        for name, age in hung.items():
+            if name not in self._hung_reported:
+                logger.error("%s: no progress for %.0f s; starving the watchdog so systemd "
+                             "restarts the agent", name, age)
+        self._hung_reported = set(hung)
+        return not hung
+
+    def _status_line(self) -> str:
+        ob = self.outbox.stats()
+        return (f"{len(self.workers)} sources, outbox {ob.depth} events, "
+                f"mqtt {'connected' if self.link.connected else 'disconnected'}")
+
+    def stats(self) -> dict[str, Any]:
+        """The stats document published on ``.../stats``."""
+        ob = self.outbox.stats()
+        drops = dict(ob.drops)
+        for reason, n in self.dispatcher.rejected.items():
+            drops[reason] = drops.get(reason, 0) + n
+        if self.link.broker_rejected:
+            drops["broker_rejected"] = self.link.broker_rejected
+        return {
+            "device_id": self.config.device.id,
+            "version": __version__,
+            "timestamp": round(time.time(), 3),
+            "uptime_s": round(time.time() - self.started_at, 1),
+            "outbox": {
+                "depth": ob.depth, "bytes": ob.bytes, "oldest_age_s": ob.oldest_age_s,
+                "in_flight": ob.in_flight, "enqueued": ob.enqueued, "acked": ob.acked,
+                "shed": ob.shed,
+            },
+            "drops": drops,
+            "events_accepted": self.dispatcher.accepted,
+            "composites_published": self.dispatcher.composites,
+            "mqtt": self.link.stats(),
+            "sources": {sid: w.stats() for sid, w in self.workers.items()},
+        }
+
+    def publish_stats(self) -> None:
+        self.link.publish(self.link.topics.stats, json.dumps(self.stats()).encode(), qos=0)
+        self.notifier.status(self._status_line())
+
+    def reload(self) -> None:
+        """Apply a changed config file (SIGHUP) or log precisely why not."""
+        if self.config_path is None:
+            logger.warning("reload: no config file to reload")
+            return
+        self.notifier.reloading()
+        try:
+            new = load_config(self.config_path)
+        except ConfigError as exc:
+            logger.error("reload: %s is invalid; keeping the running config: %s",
+                         self.config_path, "; ".join(exc.lines))
+            self.notifier.ready()
+            return
+        for section in ("device", "mqtt", "outbox", "models"):
+            if getattr(new, section) != getattr(self.config, section):
+                logger.warning("reload: section %s changed; restart the agent to apply it",
+                               section)
+        old_sources = {s.id: s for s in self.config.all_sources()}
+        new_sources = {s.id: s for s in new.all_sources()}
+        self.config = new
+        self.dispatcher.set_config(new)
+        for sid, worker in list(self.workers.items()):
+            if new_sources.get(sid) != old_sources.get(sid):
+                worker.stop()
+                del self.workers[sid]
+        for sid, source in new_sources.items():
+            if sid not in self.workers and source.enabled:
+                self._start_worker(source)
+        self._reload_rules(new)
+        logger.info("reload: applied %s (%d sources running)", self.config_path,
+                    len(self.workers))
+        self.notifier.ready()
+
+    def _reload_rules(self, config: AgentConfig) -> None:
+        pass
+
+    def shutdown(self) -> None:
+        """Stop within a few seconds: sources, then rules, then delivery, then the outbox."""
+        self.notifier.stopping()
+        stoppers = [threading.Thread(target=w.stop, args=(2.0,), name=f"stop:{sid}")
+                    for sid, w in self.workers.items()]
+        for t in stoppers:
+            t.start()
+        for t in stoppers:
+            t.join(2.5)
+        self.dispatcher.tick()
+        if self.dispatcher.engine is not None:
+            self.dispatcher.engine.close()
+        self.link.stop(2.0)
+        self.outbox.close()
+        logger.info("stopped")
+

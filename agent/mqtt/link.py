@@ -1,0 +1,448 @@
+"""The connection to the broker: delivery from the outbox, availability, direct publishes.
+
+One thread owns the paho client and drives it through paho's external-loop API
+(``loop_read``/``loop_write``/``loop_misc`` around our own ``select``). Other threads never
+touch the client: they queue work and wake the loop through a socket pair. This keeps paho's
+packet writes single-threaded and lets us reconnect with our own backoff and jitter.
+
+Delivery is at-least-once: a message leaves the outbox only when its PUBACK arrives. What was
+in flight when the connection dropped is released back to the outbox and sent again, in
+order, after the next connect (so only never-acknowledged messages can be duplicated).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import queue
+import random
+import select
+import socket
+import ssl
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
+from paho.mqtt.reasoncodes import ReasonCode
+
+from agent.clock import Clock, SystemClock
+from agent.mqtt.config import MqttConfig
+from agent.outbox.store import Outbox
+
+logger = logging.getLogger(__name__)
+
+ONLINE = b"online"
+OFFLINE = b"offline"
+STOPPED = b"stopped"
+
+MessageHandler = Callable[[str, bytes], None]
+
+
+class Topics:
+    """Topic names under ``{prefix}/{device_id}``."""
+
+    def __init__(self, prefix: str, device_id: str) -> None:
+        self.base = f"{prefix}/{device_id}"
+
+    def full(self, relative: str) -> str:
+        return f"{self.base}/{relative}"
+
+    @property
+    def status(self) -> str:
+        return self.full("status")
+
+    @property
+    def stats(self) -> str:
+        return self.full("stats")
+
+    def source_status(self, source_id: str) -> str:
+        return self.full(f"sources/{source_id}/status")
+
+    @staticmethod
+    def events(source_id: str) -> str:
+        """Relative topic of a source's events."""
+        return f"events/{source_id}"
+
+    @staticmethod
+    def composite(rule_id: str) -> str:
+        return f"composite/{rule_id}"
+
+    @staticmethod
+    def media(source_id: str, event_id: str, role: str) -> str:
+        return f"media/{source_id}/{event_id}/{role}"
+
+
+@dataclass
+class _Direct:
+    topic: str
+    payload: bytes
+    qos: int
+    retain: bool
+
+
+def backoff_delay(attempt: int, low: float, high: float, rng: random.Random) -> float:
+    """Exponential backoff with equal jitter: half fixed, half random, capped at ``high``."""
+    ceiling = min(high, low * (2 ** min(attempt, 30)))
+    return ceiling / 2 + rng.uniform(0, ceiling / 2)
+
+
+def describe_connect_error(exc: BaseException) -> str:
+    """A short, actionable reason for a failed TCP/TLS connect."""
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return f"TLS certificate check failed: {exc.verify_message or exc.reason}"
+    if isinstance(exc, ssl.SSLError):
+        return f"TLS error: {exc.reason or exc}"
+    if isinstance(exc, socket.gaierror):
+        return f"cannot resolve host: {exc.strerror}"
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    return str(exc) or type(exc).__name__
+
+
+class MqttLink:
+    """Owns the broker connection for the agent's whole life."""
+
+    def __init__(
+        self,
+        config: MqttConfig,
+        device_id: str,
+        outbox: Outbox,
+        password: str | None = None,
+        clock: Clock | None = None,
+    ) -> None:
+        self._config = config
+        self._outbox = outbox
+        self._password = password
+        self._clock = clock or SystemClock()
+        self.topics = Topics(config.topic_prefix, device_id)
+        self.client_id = config.client_id or f"edge-agent-{device_id}"
+        self._rng = random.Random()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._wake_r.setblocking(False)
+        self._wake_w.setblocking(False)
+        self._direct: queue.SimpleQueue[_Direct] = queue.SimpleQueue()
+        self._retained: dict[str, bytes] = {}
+        self._retained_lock = threading.Lock()
+        self._handlers: dict[str, MessageHandler] = {}
+        self._client: mqtt.Client | None = None
+        self._connected = threading.Event()
+        self._inflight: dict[int, int] = {}
+        self._acked: list[int] = []
+        self._rejected: list[int] = []
+        self._last_beat = self._clock.monotonic()
+        self.last_error: str | None = None
+        self.connects = 0
+        self.disconnects = 0
+        self.delivered = 0
+        self.broker_rejected = 0
+
+    # -- public API, safe from any thread -------------------------------------------------
+
+    def start(self) -> None:
+        """Start the network thread; it connects and keeps reconnecting until ``stop``."""
+        self._thread = threading.Thread(target=self._run, name="mqtt", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 3.0) -> None:
+        """Publish ``stopped`` (retained), disconnect cleanly and join the thread."""
+        self._stop.set()
+        self.wake()
+        if self._thread is not None:
+            self._thread.join(timeout)
+            if self._thread.is_alive():
+                logger.warning("mqtt: network thread did not stop within %.1f s", timeout)
+
+    @property
+    def connected(self) -> bool:
+        return self._connected.is_set()
+
+    def wait_connected(self, timeout: float) -> bool:
+        return self._connected.wait(timeout)
+
+    def wake(self) -> None:
+        """Interrupt the network thread's select (new outbox data, queued publishes)."""
+        # A full pipe means the loop is awake anyway.
+        with contextlib.suppress(BlockingIOError, OSError):
+            self._wake_w.send(b"\0")
+
+    def set_retained(self, topic: str, payload: bytes) -> None:
+        """Publish retained state now and again after every reconnect (latest value wins)."""
+        with self._retained_lock:
+            self._retained[topic] = payload
+        self._direct.put(_Direct(topic, payload, 1, True))
+        self.wake()
+
+    def publish(self, topic: str, payload: bytes, qos: int = 0, retain: bool = False) -> None:
+        """Fire-and-forget publish of a full topic (stats, command results); not persisted."""
+        self._direct.put(_Direct(topic, payload, qos, retain))
+        self.wake()
+
+    def subscribe(self, topic_filter: str, handler: MessageHandler) -> None:
+        """Route messages matching ``topic_filter`` to ``handler(topic, payload)``.
+
+        The handler runs on the network thread: keep it short and never let it raise.
+        """
+        self._handlers[topic_filter] = handler
+        self.wake()
+
+    def heartbeat_age(self) -> float:
+        """Seconds since the network loop last went round (for the watchdog)."""
+        if self._thread is None or not self._thread.is_alive():
+            return 0.0
+        return self._clock.monotonic() - self._last_beat
+
+    def stats(self) -> dict[str, Any]:
+        return {
+            "connected": self.connected,
+            "connects": self.connects,
+            "disconnects": self.disconnects,
+            "delivered": self.delivered,
+            "in_flight": len(self._inflight),
+            "broker_rejected": self.broker_rejected,
+            "last_error": self.last_error,
+        }
+
+    # -- network thread -------------------------------------------------------------------
+
+    def _new_client(self) -> mqtt.Client:
+        cfg = self._config
+        protocol = mqtt.MQTTv5 if cfg.protocol == "5" else mqtt.MQTTv311
+        kwargs: dict[str, Any] = {"client_id": self.client_id, "protocol": protocol}
+        if protocol == mqtt.MQTTv311:
+            kwargs["clean_session"] = True
+        client = mqtt.Client(CallbackAPIVersion.VERSION2, **kwargs)
+        client.max_inflight_messages_set(cfg.max_inflight)
+        client.max_queued_messages_set(0)
+        client.will_set(self.topics.status, OFFLINE, qos=1, retain=True)
+        if cfg.username is not None:
+            client.username_pw_set(cfg.username, self._password)
+        if cfg.tls.enabled:
+            client.tls_set(
+                ca_certs=str(cfg.tls.ca_file) if cfg.tls.ca_file else None,
+                certfile=str(cfg.tls.cert_file) if cfg.tls.cert_file else None,
+                keyfile=str(cfg.tls.key_file) if cfg.tls.key_file else None,
+                cert_reqs=ssl.CERT_REQUIRED,
+            )
+            client.tls_insecure_set(not cfg.tls.check_hostname)
+        client.on_connect = self._on_connect
+        client.on_disconnect = self._on_disconnect
+        client.on_publish = self._on_publish
+        client.on_message = self._on_message
+        return client
+
+    def _run(self) -> None:
+        attempt = 0
+        last_logged: str | None = None
+        while not self._stop.is_set():
+            self._beat()
+            client = self._new_client()
+            self._client = client
+            try:
+                if self._config.protocol == "5":
+                    client.connect(self._config.host, self._config.port, self._config.keepalive,
+                                   clean_start=True)
+                else:
+                    client.connect(self._config.host, self._config.port, self._config.keepalive)
+            except (OSError, ValueError) as exc:
+                reason = describe_connect_error(exc)
+                self.last_error = reason
+                delay = backoff_delay(attempt, self._config.reconnect_min_s,
+                                      self._config.reconnect_max_s, self._rng)
+                if reason != last_logged or attempt % 20 == 0:
+                    logger.warning("mqtt: cannot connect to %s:%d: %s; retrying in %.1f s",
+                                   self._config.host, self._config.port, reason, delay)
+                    last_logged = reason
+                attempt += 1
+                self._sleep(delay)
+                continue
+            self._serve(client)
+            was_connected = self.connected
+            self._lost(client)
+            if self._stop.is_set():
+                break
+            if was_connected:
+                attempt = 0
+                last_logged = None
+            delay = backoff_delay(attempt, self._config.reconnect_min_s,
+                                  self._config.reconnect_max_s, self._rng)
+            attempt += 1
+            self._sleep(delay)
+        self._client = None
+
+    def _sleep(self, seconds: float) -> None:
+        """Wait, but wake for stop; keep beating so a backoff is not a hang."""
+        end = self._clock.monotonic() + seconds
+        while not self._stop.is_set():
+            left = end - self._clock.monotonic()
+            if left <= 0:
+                return
+            self._beat()
+            self._stop.wait(min(left, 1.0))
+
+    def _beat(self) -> None:
+        self._last_beat = self._clock.monotonic()
+
+    def _serve(self, client: mqtt.Client) -> None:
+        """Run one connection until it drops or we are asked to stop."""
+        sock = client.socket()
+        while sock is not None:
+            self._beat()
+            if self._stop.is_set():
+                self._clean_stop(client)
+                return
+            if self.connected:
+                self._send_direct(client)
+                self._deliver(client)
+            rlist = [sock, self._wake_r]
+            wlist = [sock] if client.want_write() else []
+            timeout = 1.0
+            if self.connected and not self._outbox_room_blocked() and self._outbox_has_work():
+                timeout = 0.0
+            try:
+                readable, writable, _ = select.select(rlist, wlist, [], timeout)
+            except (OSError, ValueError):
+                return
+            if self._wake_r in readable:
+                self._drain_wake()
+            if sock in readable and client.loop_read() != MQTTErrorCode.MQTT_ERR_SUCCESS:
+                return
+            if sock in writable and client.loop_write() != MQTTErrorCode.MQTT_ERR_SUCCESS:
+                return
+            if client.loop_misc() != MQTTErrorCode.MQTT_ERR_SUCCESS:
+                return
+            self._flush_acks()
+            sock = client.socket()
+
+    def _outbox_room_blocked(self) -> bool:
+        return len(self._inflight) >= self._config.max_inflight
+
+    def _outbox_has_work(self) -> bool:
+        # Cheap check; wait(0) returns at once either way.
+        return self._outbox.wait(0)
+
+    def _drain_wake(self) -> None:
+        try:
+            while self._wake_r.recv(4096):
+                pass
+        except (BlockingIOError, OSError):
+            pass
+
+    def _send_direct(self, client: mqtt.Client) -> None:
+        while True:
+            try:
+                item = self._direct.get_nowait()
+            except queue.Empty:
+                return
+            client.publish(item.topic, item.payload, qos=item.qos, retain=item.retain)
+
+    def _deliver(self, client: mqtt.Client) -> None:
+        room = self._config.max_inflight - len(self._inflight)
+        if room <= 0:
+            return
+        batch = self._outbox.claim(room)
+        for i, (key, message) in enumerate(batch):
+            info = client.publish(self.topics.full(message.topic), message.payload,
+                                  qos=self._config.qos, retain=message.retain)
+            if info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
+                self._outbox.release([k for k, _ in batch[i:]])
+                return
+            if self._config.qos == 0:
+                self._acked.append(key)
+            else:
+                self._inflight[info.mid] = key
+        self._flush_acks()
+
+    def _flush_acks(self) -> None:
+        if self._acked:
+            acked, self._acked = self._acked, []
+            self._outbox.ack(acked)
+            self.delivered += len(acked)
+        if self._rejected:
+            rejected, self._rejected = self._rejected, []
+            self._outbox.ack(rejected)
+
+    def _clean_stop(self, client: mqtt.Client) -> None:
+        """Say ``stopped`` (so a clean stop and a crash look different), then disconnect."""
+        if self.connected:
+            info = client.publish(self.topics.status, STOPPED, qos=1, retain=True)
+            end = self._clock.monotonic() + 1.5
+            sock = client.socket()
+            while sock is not None and not info.is_published() and self._clock.monotonic() < end:
+                r, w, _ = select.select([sock], [sock] if client.want_write() else [], [], 0.1)
+                if r:
+                    client.loop_read()
+                if w:
+                    client.loop_write()
+            self._flush_acks()
+            client.disconnect()
+            client.loop_write()
+
+    def _lost(self, client: mqtt.Client) -> None:
+        """Forget the connection; unacknowledged messages go back to the outbox."""
+        if self._inflight:
+            self._outbox.release(sorted(self._inflight.values()))
+            self._inflight.clear()
+        self._flush_acks()
+        if self.connected:
+            self.disconnects += 1
+        self._connected.clear()
+        with contextlib.suppress(Exception):  # the socket may already be gone
+            client.disconnect()
+
+    # -- paho callbacks (network thread) ----------------------------------------------------
+
+    def _on_connect(self, client: mqtt.Client, userdata: Any, flags: Any,
+                    reason_code: ReasonCode, properties: Any = None) -> None:
+        if reason_code.is_failure:
+            self.last_error = f"broker refused the connection: {reason_code}"
+            logger.error("mqtt: %s:%d refused the connection: %s", self._config.host,
+                         self._config.port, reason_code)
+            client.disconnect()
+            return
+        self.connects += 1
+        self.last_error = None
+        logger.info("mqtt: connected to %s:%d as %s", self._config.host, self._config.port,
+                    self.client_id)
+        client.publish(self.topics.status, ONLINE, qos=1, retain=True)
+        with self._retained_lock:
+            retained = dict(self._retained)
+        for topic, payload in retained.items():
+            client.publish(topic, payload, qos=1, retain=True)
+        for topic_filter in self._handlers:
+            client.subscribe(topic_filter, qos=1)
+        self._connected.set()
+
+    def _on_disconnect(self, client: mqtt.Client, userdata: Any, flags: Any,
+                       reason_code: ReasonCode, properties: Any = None) -> None:
+        if self.connected and not self._stop.is_set():
+            logger.warning("mqtt: connection to %s:%d lost: %s", self._config.host,
+                           self._config.port, reason_code)
+            self.last_error = f"connection lost: {reason_code}"
+
+    def _on_publish(self, client: mqtt.Client, userdata: Any, mid: int,
+                    reason_code: ReasonCode, properties: Any = None) -> None:
+        key = self._inflight.pop(mid, None)
+        if key is None:
+            return  # a direct publish (status, stats): nothing to acknowledge
+        if reason_code.is_failure:
+            # The broker will never take it (e.g. not authorised for this topic): retrying
+            # would block the queue forever, so it is removed and counted.
+            self.broker_rejected += 1
+            logger.error("mqtt: broker rejected a message: %s (counted as broker_rejected)",
+                         reason_code)
+            self._rejected.append(key)
+        else:
+            self._acked.append(key)
+
+    def _on_message(self, client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:
+        for topic_filter, handler in self._handlers.items():
+            if mqtt.topic_matches_sub(topic_filter, message.topic):
+                try:
+                    handler(message.topic, message.payload)
+                except Exception:
+                    logger.exception("mqtt: handler for %s failed", message.topic)

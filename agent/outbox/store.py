@@ -1,0 +1,816 @@
+"""The durable outbox: a bounded disk queue on diskcache (SQLite) between producers and MQTT.
+
+Every message is committed to SQLite before ``put`` returns and is deleted only by ``ack``,
+so a crash (``kill -9``, reboot) repeats at most what was in flight and never loses what was
+stored. Order is kept per stream (usually the source id); ``claim`` serves streams
+round-robin so one stream's backlog does not hold back the others.
+
+Layout inside the diskcache store:
+
+- integer keys (1, 2, 3, ...) are messages; a value is ``_HEADER`` + kind + topic + stream +
+  payload as one ``bytes``, which diskcache stores raw in its SQLite row (``disk_min_file_size``
+  is huge, so no value goes to a side file outside SQLite's atomic, synced commit);
+- the string key ``_COUNTERS_KEY`` holds the counters (JSON), written in the same transaction
+  as every drop, so drop counts survive restarts exactly.
+
+An in-memory index (rebuilt on open by reading each row once) keeps ``claim``, bounds and TTL
+from scanning the database, and recently put payloads stay in memory (bounded) so live
+delivery does not read back what it has just written.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import json
+import logging
+import shutil
+import sqlite3
+import struct
+import threading
+from bisect import insort
+from collections import OrderedDict, deque
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, NamedTuple
+
+import diskcache
+
+from agent.clock import Clock, SystemClock
+from agent.outbox.config import OutboxConfig
+
+logger = logging.getLogger(__name__)
+
+DROP_REASONS = ("full_drop_oldest", "full_reject_new", "max_events", "ttl", "too_large")
+"""Keys of ``OutboxStats.drops``: why a message was dropped or refused."""
+
+_COUNTERS_KEY = "outbox:counters"
+_LOCK_NAME = "outbox.lock"
+# version, wall time of put, flags (bit 0: retain), len(kind), len(topic), len(stream)
+_HEADER = struct.Struct("<BdBBHH")
+_VERSION = 1
+# Payloads kept in memory after put so that live delivery does not read them back.
+_RECENT_BYTES = 8 * 1024 * 1024
+# Counters that change on every message (enqueued, acked) are written at most this often
+# (seconds); drops are written with the transaction that drops.
+_COUNTER_FLUSH_S = 1.0
+# Values up to this size live inside SQLite rows (covered by the commit), i.e. all of them.
+_INLINE_LIMIT = 1 << 62
+
+
+@dataclass(frozen=True)
+class OutboxMessage:
+    """One message to deliver: a relative MQTT topic and its payload."""
+
+    topic: str
+    payload: bytes
+    stream: str
+    kind: str = "event"
+    retain: bool = False
+
+
+@dataclass(frozen=True)
+class OutboxStats:
+    """What the stats topic reports about the outbox."""
+
+    depth: int
+    bytes: int
+    oldest_age_s: float | None
+    in_flight: int
+    enqueued: int
+    acked: int
+    drops: dict[str, int]
+    shed: int
+
+
+class OutboxError(RuntimeError):
+    """The outbox cannot read or write its directory; the message names the path and cause."""
+
+
+class _Meta(NamedTuple):
+    """What the index knows about a stored message without reading its row."""
+
+    stream: str
+    size: int
+    ts: float
+    kind: str
+    sheddable: bool
+
+
+@dataclass
+class _Counters:
+    enqueued: int = 0
+    acked: int = 0
+    shed: int = 0
+    next_key: int = 1
+    drops: dict[str, int] = field(default_factory=lambda: dict.fromkeys(DROP_REASONS, 0))
+
+    def to_json(self) -> str:
+        return json.dumps(
+            {
+                "enqueued": self.enqueued,
+                "acked": self.acked,
+                "shed": self.shed,
+                "next_key": self.next_key,
+                "drops": self.drops,
+            },
+            sort_keys=True,
+        )
+
+    @classmethod
+    def from_json(cls, text: str) -> _Counters:
+        raw = json.loads(text)
+        counters = cls(
+            enqueued=int(raw.get("enqueued", 0)),
+            acked=int(raw.get("acked", 0)),
+            shed=int(raw.get("shed", 0)),
+            next_key=int(raw.get("next_key", 1)),
+        )
+        for reason, count in dict(raw.get("drops", {})).items():
+            counters.drops[str(reason)] = int(count)
+        return counters
+
+    def copy(self) -> _Counters:
+        return _Counters(self.enqueued, self.acked, self.shed, self.next_key, dict(self.drops))
+
+
+@dataclass
+class _Plan:
+    """Changes that make room for new messages, applied to memory only after the commit."""
+
+    drops: list[tuple[int, str]] = field(default_factory=list)
+    shed_drop: list[int] = field(default_factory=list)
+    shed_rewrite: dict[int, bytes] = field(default_factory=dict)
+    not_sheddable: list[int] = field(default_factory=list)  # events with nothing to strip
+
+    def __bool__(self) -> bool:
+        return bool(self.drops or self.shed_drop or self.shed_rewrite)
+
+
+_NO_PLAN = _Plan()  # shared: nothing to do (never modified)
+
+
+def _encode(message: OutboxMessage, ts: float) -> bytes:
+    kind = message.kind.encode()
+    topic = message.topic.encode()
+    stream = message.stream.encode()
+    if len(kind) > 0xFF or len(topic) > 0xFFFF or len(stream) > 0xFFFF:
+        raise ValueError("outbox message: kind, topic or stream too long")
+    header = _HEADER.pack(_VERSION, ts, 1 if message.retain else 0, len(kind), len(topic),
+                          len(stream))
+    return b"".join((header, kind, topic, stream, message.payload))
+
+
+def _decode(value: bytes) -> tuple[OutboxMessage, float]:
+    version, ts, flags, n_kind, n_topic, n_stream = _HEADER.unpack_from(value)
+    if version != _VERSION:
+        raise ValueError(f"unknown record version {version}")
+    i = _HEADER.size
+    kind = value[i : i + n_kind].decode()
+    i += n_kind
+    topic = value[i : i + n_topic].decode()
+    i += n_topic
+    stream = value[i : i + n_stream].decode()
+    i += n_stream
+    message = OutboxMessage(topic, value[i:], stream, kind, bool(flags & 1))
+    return message, ts
+
+
+def _record_size(message: OutboxMessage) -> int:
+    return (_HEADER.size + len(message.kind.encode()) + len(message.topic.encode())
+            + len(message.stream.encode()) + len(message.payload))
+
+
+def _maybe_sheddable(message: OutboxMessage) -> bool:
+    # A cheap test at put time; the JSON is parsed only when space is actually needed.
+    return message.kind == "media" or (message.kind == "event" and b'"data"' in message.payload)
+
+
+def strip_inline_media(payload: bytes) -> bytes | None:
+    """The event JSON with ``images[].data`` and ``audio.data`` set to null, or None if none."""
+    try:
+        event = json.loads(payload)
+    except ValueError:
+        return None
+    if not isinstance(event, dict):
+        return None
+    changed = False
+    images = event.get("images")
+    if isinstance(images, list):
+        for image in images:
+            if isinstance(image, dict) and image.get("data") is not None:
+                image["data"] = None
+                changed = True
+    audio = event.get("audio")
+    if isinstance(audio, dict) and audio.get("data") is not None:
+        audio["data"] = None
+        changed = True
+    if not changed:
+        return None
+    return json.dumps(event, ensure_ascii=False, separators=(",", ":")).encode()
+
+
+class Outbox:
+    """A durable, bounded, per-stream FIFO queue of messages waiting for the broker.
+
+    ``put``/``put_many`` may be called from any number of threads; one delivery thread calls
+    ``claim``, ``ack`` and ``release``. A message in flight (claimed, not yet acked or
+    released) is dropped to make room only when nothing else can be, and never by TTL.
+    """
+
+    def __init__(self, config: OutboxConfig, clock: Clock | None = None) -> None:
+        self._config = config
+        self._clock: Clock = clock or SystemClock()
+        self._path = Path(config.path)
+        self._lock = threading.Lock()
+        self._cond = threading.Condition(self._lock)
+        self._closed = False
+        self._meta: OrderedDict[int, _Meta] = OrderedDict()
+        self._ready: dict[str, deque[int]] = {}
+        # Streams with something ready, in serving order (an ordered set).
+        self._rr: OrderedDict[str, None] = OrderedDict()
+        self._claimed: set[int] = set()
+        self._sheddable: deque[int] = deque()
+        self._recent: OrderedDict[int, OutboxMessage] = OrderedDict()
+        self._recent_bytes = 0
+        self._bytes = 0
+        self._lockfile: IO[bytes] | None = None
+        self._counters = _Counters()
+        self._counters_dirty = False
+        self._counters_flushed = self._clock.monotonic()
+        self._warned_full: float | None = None
+        self._cache = self._open()
+        try:
+            self._load()
+        except BaseException:
+            self._release_resources()
+            raise
+
+    # ------------------------------------------------------------------ opening
+
+    def _error(self, action: str, exc: BaseException) -> OutboxError:
+        cause = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        if isinstance(exc, diskcache.Timeout):
+            cause = "database is locked (another process holds it)"
+        name = getattr(exc, "sqlite_errorname", None)
+        if name:
+            cause = f"{cause} ({name})"
+        if action == "write":
+            # "disk I/O error" alone does not tell an operator whether the card is full.
+            with contextlib.suppress(OSError):
+                free = shutil.disk_usage(self._path).free
+                cause = f"{cause}; {free / 1e6:.1f} MB free on its file system"
+        return OutboxError(f"outbox {self._path}: cannot {action}: {cause}")
+
+    def _open(self) -> diskcache.Cache:
+        try:
+            self._path.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise self._error("create", exc) from exc
+        try:
+            lockfile = open(self._path / _LOCK_NAME, "ab")  # noqa: SIM115 (held until close)
+        except OSError as exc:
+            raise self._error("open", exc) from exc
+        try:
+            # A second agent on the same directory would send everything twice.
+            fcntl.lockf(lockfile, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            lockfile.close()
+            if exc.errno in (errno.EACCES, errno.EAGAIN):
+                raise OutboxError(
+                    f"outbox {self._path}: cannot open: in use by another process"
+                ) from exc
+            raise self._error("lock", exc) from exc
+        self._lockfile = lockfile
+        try:
+            return diskcache.Cache(
+                str(self._path),
+                timeout=10,
+                eviction_policy="none",
+                statistics=False,
+                tag_index=False,
+                size_limit=1 << 62,
+                cull_limit=0,
+                disk_min_file_size=_INLINE_LIMIT,
+                sqlite_synchronous=2 if self._config.durability == "full" else 1,
+                # No page shuffling on every delete commit: freed pages are reused, and the
+                # file never grows past what max_bytes allows anyway.
+                sqlite_auto_vacuum=0,
+                # Every producer thread gets its own connection; keep each page cache small.
+                sqlite_cache_size=1024,
+            )
+        except (sqlite3.Error, OSError, diskcache.Timeout) as exc:
+            self._release_resources()
+            raise self._error("open", exc) from exc
+
+    def _load(self) -> None:
+        """Rebuild the index from the rows; everything not acked becomes claimable again."""
+        cache = self._cache
+        try:
+            text = cache.get(_COUNTERS_KEY)
+            if isinstance(text, str):
+                self._counters = _Counters.from_json(text)
+            last = 0
+            for key in cache.iterkeys():
+                if not isinstance(key, int):
+                    continue
+                value = cache.get(key)
+                if not isinstance(value, bytes):
+                    continue
+                try:
+                    message, ts = _decode(value)
+                except (ValueError, struct.error, UnicodeDecodeError) as exc:
+                    logger.error("outbox %s: message %d is unreadable (%s); skipping it",
+                                 self._path, key, exc)
+                    continue
+                self._index(key, message, len(value), ts)
+                last = key
+        except (sqlite3.Error, OSError, diskcache.Timeout) as exc:
+            raise self._error("read", exc) from exc
+        self._counters.next_key = max(self._counters.next_key, last + 1)
+        if self._meta:
+            logger.info("outbox %s: %d messages (%d bytes) waiting from before",
+                        self._path, len(self._meta), self._bytes)
+
+    def _index(self, key: int, message: OutboxMessage, size: int, ts: float) -> None:
+        sheddable = _maybe_sheddable(message)
+        self._meta[key] = _Meta(message.stream, size, ts, message.kind, sheddable)
+        self._bytes += size
+        if sheddable and self._config.on_full == "shed_images":
+            self._sheddable.append(key)
+            # Acked and dropped keys leave from the front, so this stays as long as the queue.
+            head = self._sheddable
+            while head[0] not in self._meta:
+                head.popleft()
+        self._make_ready(message.stream, key)
+
+    # ------------------------------------------------------------------ in-memory index
+
+    def _make_ready(self, stream: str, key: int) -> None:
+        ready = self._ready.get(stream)
+        if ready is None:
+            ready = self._ready[stream] = deque()
+            self._rr[stream] = None
+        if not ready or key > ready[-1]:
+            ready.append(key)
+        elif key < ready[0]:
+            ready.appendleft(key)
+        else:
+            insort(ready, key)
+
+    def _forget(self, key: int) -> _Meta | None:
+        """Remove a message from every in-memory structure (after its row is gone)."""
+        meta = self._meta.pop(key, None)
+        if meta is None:
+            return None
+        self._bytes -= meta.size
+        if key in self._claimed:
+            self._claimed.discard(key)
+        else:
+            ready = self._ready.get(meta.stream)
+            if ready:
+                if ready[0] == key:
+                    ready.popleft()
+                else:
+                    with contextlib.suppress(ValueError):
+                        ready.remove(key)
+                if not ready:
+                    del self._ready[meta.stream]
+                    del self._rr[meta.stream]
+        recent = self._recent.pop(key, None)
+        if recent is not None:
+            self._recent_bytes -= len(recent.payload)
+        return meta
+
+    def _remember(self, key: int, message: OutboxMessage) -> None:
+        size = len(message.payload)
+        if size > _RECENT_BYTES // 4:
+            return
+        self._recent[key] = message
+        self._recent_bytes += size
+        while self._recent_bytes > _RECENT_BYTES:
+            _, old = self._recent.popitem(last=False)
+            self._recent_bytes -= len(old.payload)
+
+    def _oldest_first(self, skip: set[int]) -> Iterator[int]:
+        """Keys oldest first: those not in flight, then those in flight."""
+        for key in self._meta:
+            if key not in self._claimed and key not in skip:
+                yield key
+        for key in sorted(self._claimed):
+            if key not in skip:
+                yield key
+
+    # ------------------------------------------------------------------ writing
+
+    def put(self, message: OutboxMessage) -> bool:
+        """Store one message; durable when this returns True.
+
+        False means refused and counted: ``reject_new`` while full, or a message larger
+        than ``max_bytes``. Raises ``OutboxError`` when the disk cannot be written.
+        """
+        return self.put_many((message,))
+
+    def put_many(self, messages: Sequence[OutboxMessage]) -> bool:
+        """Store several messages all-or-nothing, in one transaction (an event and its media)."""
+        if not messages:
+            return True
+        with self._lock:
+            self._check_open()
+            now = self._clock.time()
+            self._expire_locked(now)
+            values = [_encode(m, now) for m in messages]
+            sizes = [len(v) for v in values]
+            total = sum(sizes)
+            plan = self._plan_room(total, len(messages))
+            if plan is None:
+                return False
+            count = len(messages)
+            first = self._counters.next_key
+            flush = bool(plan) or self._flush_due()
+            try:
+                if count == 1 and not flush:
+                    # The common case: one row, one diskcache transaction, counters later.
+                    self._cache.set(first, values[0])
+                    counters = self._counters
+                else:
+                    counters = self._counters.copy()
+                    self._count_plan(plan, counters)
+                    counters.next_key += count
+                    counters.enqueued += count
+                    with self._cache.transact():
+                        self._write_plan(plan)
+                        for i, value in enumerate(values):
+                            self._cache.set(first + i, value)
+                        if flush:
+                            self._cache.set(_COUNTERS_KEY, counters.to_json())
+            except (sqlite3.Error, OSError, diskcache.Timeout) as exc:
+                raise self._error("write", exc) from exc
+            if counters is self._counters:
+                counters.next_key += count
+                counters.enqueued += count
+            else:
+                self._counters = counters
+            if plan:
+                self._apply_plan(plan)
+            if flush:
+                self._flushed()
+            else:
+                self._counters_dirty = True
+            for i, message in enumerate(messages):
+                key = first + i
+                self._index(key, message, sizes[i], now)
+                self._remember(key, message)
+            self._cond.notify_all()
+            return True
+
+    def _plan_room(self, add_bytes: int, add_count: int) -> _Plan | None:
+        """Decide what to shed or drop for ``add_bytes``/``add_count`` more, None to refuse."""
+        config = self._config
+        if add_bytes > config.max_bytes:
+            self._refuse("too_large", add_count)
+            return None
+        over_bytes = self._bytes + add_bytes - config.max_bytes
+        over_count = 0
+        if config.max_events is not None:
+            if add_count > config.max_events:
+                self._refuse("max_events", add_count)
+                return None
+            over_count = len(self._meta) + add_count - config.max_events
+        if over_bytes <= 0 and over_count <= 0:
+            return _NO_PLAN
+        plan = _Plan()
+        if config.on_full == "reject_new":
+            self._refuse("full_reject_new", add_count)
+            return None
+        chosen: set[int] = set()
+        if config.on_full == "shed_images":
+            # Oldest first: media messages go, events lose their inline images and audio.
+            for key in self._sheddable:
+                if over_bytes <= 0 and over_count <= 0:
+                    break
+                meta = self._meta.get(key)
+                if meta is None or not meta.sheddable:
+                    continue
+                if meta.kind == "media":
+                    plan.shed_drop.append(key)
+                    chosen.add(key)
+                    over_bytes -= meta.size
+                    over_count -= 1
+                elif over_bytes > 0:
+                    stripped = self._stripped(key)
+                    if stripped is None:
+                        plan.not_sheddable.append(key)
+                    else:
+                        plan.shed_rewrite[key] = stripped
+                        over_bytes -= meta.size - len(stripped)
+        for key in self._oldest_first(chosen):
+            if over_bytes <= 0 and over_count <= 0:
+                break
+            reason = "full_drop_oldest" if over_bytes > 0 else "max_events"
+            plan.drops.append((key, reason))
+            stripped = plan.shed_rewrite.pop(key, None)
+            over_bytes -= self._meta[key].size if stripped is None else len(stripped)
+            over_count -= 1
+        return plan
+
+    def _stripped(self, key: int) -> bytes | None:
+        """The record of event ``key`` without inline media, or None if nothing to strip."""
+        message = self._recent.get(key)
+        if message is None:
+            value = self._cache.get(key)
+            if not isinstance(value, bytes):
+                return None
+            message, ts = _decode(value)
+        else:
+            ts = self._meta[key].ts
+        payload = strip_inline_media(message.payload)
+        if payload is None:
+            return None
+        return _encode(
+            OutboxMessage(message.topic, payload, message.stream, message.kind, message.retain),
+            ts,
+        )
+
+    def _refuse(self, reason: str, count: int) -> None:
+        self._counters.drops[reason] = self._counters.drops.get(reason, 0) + count
+        self._counters_dirty = True
+        logger.debug("outbox %s: refused %d message(s): %s", self._path, count, reason)
+        # Not worth a commit per refused message while full; at most one per interval.
+        if self._flush_due():
+            self._flush_counters()
+
+    def _count_plan(self, plan: _Plan, counters: _Counters) -> None:
+        for _, reason in plan.drops:
+            counters.drops[reason] = counters.drops.get(reason, 0) + 1
+        counters.shed += len(plan.shed_drop) + len(plan.shed_rewrite)
+
+    def _write_plan(self, plan: _Plan) -> None:
+        """Inside a transaction: delete and rewrite the rows the plan names."""
+        for key, _ in plan.drops:
+            self._cache.delete(key)
+        for key in plan.shed_drop:
+            self._cache.delete(key)
+        for key, value in plan.shed_rewrite.items():
+            self._cache.set(key, value)
+
+    def _apply_plan(self, plan: _Plan) -> None:
+        """After the commit: make the index agree with the rows."""
+        for key, _ in plan.drops:
+            self._forget(key)
+        for key in plan.shed_drop:
+            self._forget(key)
+        for key, value in plan.shed_rewrite.items():
+            meta = self._meta.get(key)
+            if meta is None:
+                continue
+            self._meta[key] = meta._replace(size=len(value), sheddable=False)
+            self._bytes += len(value) - meta.size
+            recent = self._recent.pop(key, None)
+            if recent is not None:
+                self._recent_bytes -= len(recent.payload)
+        for key in plan.not_sheddable:
+            meta = self._meta.get(key)
+            if meta is not None:
+                self._meta[key] = meta._replace(sheddable=False)
+        sheddable = self._sheddable
+        while sheddable and (
+            sheddable[0] not in self._meta or not self._meta[sheddable[0]].sheddable
+        ):
+            sheddable.popleft()
+        if plan:
+            self._warn_full()
+
+    def _warn_full(self) -> None:
+        # While full, every put drops something: say so once a minute, not once a message.
+        now = self._clock.monotonic()
+        if self._warned_full is not None and now - self._warned_full < 60.0:
+            return
+        self._warned_full = now
+        drops = self._counters.drops
+        logger.warning(
+            "outbox %s: full (%d messages, %d bytes); dropping oldest per on_full=%s "
+            "(so far: %d dropped, %d shed)",
+            self._path, len(self._meta), self._bytes, self._config.on_full,
+            drops["full_drop_oldest"] + drops["max_events"], self._counters.shed,
+        )
+
+    # ------------------------------------------------------------------ delivery
+
+    def claim(self, limit: int) -> list[tuple[int, OutboxMessage]]:
+        """Take up to ``limit`` messages for delivery: per-stream FIFO, streams round-robin."""
+        out: list[tuple[int, OutboxMessage]] = []
+        with self._lock:
+            self._check_open()
+            self._expire_locked(self._clock.time())
+            while len(out) < limit and self._rr:
+                stream, _ = self._rr.popitem(last=False)
+                ready = self._ready[stream]
+                key = ready.popleft()
+                if ready:
+                    self._rr[stream] = None  # to the back of the round
+                else:
+                    del self._ready[stream]
+                message = self._recent.get(key)
+                if message is None:
+                    message = self._read(key)
+                    if message is None:
+                        continue
+                self._claimed.add(key)
+                out.append((key, message))
+        return out
+
+    def _read(self, key: int) -> OutboxMessage | None:
+        try:
+            value = self._cache.get(key)
+        except (sqlite3.Error, OSError, diskcache.Timeout) as exc:
+            # Put the key back first so nothing is lost from the index.
+            meta = self._meta[key]
+            self._make_ready(meta.stream, key)
+            raise self._error("read", exc) from exc
+        try:
+            if not isinstance(value, bytes):
+                raise ValueError("row missing")
+            return _decode(value)[0]
+        except (ValueError, struct.error, UnicodeDecodeError) as exc:
+            logger.error("outbox %s: message %d is unreadable (%s); dropping it",
+                         self._path, key, exc)
+            meta = self._meta.pop(key)
+            self._bytes -= meta.size
+            return None
+
+    def ack(self, keys: Iterable[int]) -> None:
+        """Remove delivered messages, durably and in one transaction; unknown keys are ignored."""
+        with self._lock:
+            self._check_open()
+            known = [k for k in keys if k in self._meta]
+            if not known:
+                return
+            flush = self._flush_due()
+            try:
+                if len(known) == 1 and not flush:
+                    self._cache.delete(known[0])
+                else:
+                    counters = self._counters.copy()
+                    counters.acked += len(known)
+                    with self._cache.transact():
+                        for key in known:
+                            self._cache.delete(key)
+                        if flush:
+                            self._cache.set(_COUNTERS_KEY, counters.to_json())
+            except (sqlite3.Error, OSError, diskcache.Timeout) as exc:
+                raise self._error("write", exc) from exc
+            self._counters.acked += len(known)
+            if flush:
+                self._flushed()
+            else:
+                self._counters_dirty = True
+            for key in known:
+                self._forget(key)
+
+    def release(self, keys: Iterable[int]) -> None:
+        """Give claimed messages back (no PUBACK came); they are claimed again, in order."""
+        with self._lock:
+            released = False
+            for key in sorted(keys, reverse=True):
+                if key in self._claimed:
+                    self._claimed.discard(key)
+                    self._make_ready(self._meta[key].stream, key)
+                    released = True
+            if released:
+                self._cond.notify_all()
+
+    def wait(self, timeout: float) -> bool:
+        """Block until something is claimable or ``timeout`` seconds pass; True if claimable."""
+        with self._lock:
+            if self._ready:
+                return True
+            if timeout <= 0 or self._closed:
+                return False
+            self._cond.wait_for(lambda: bool(self._ready) or self._closed, timeout)
+            return bool(self._ready)
+
+    # ------------------------------------------------------------------ bounds in time
+
+    def expire(self) -> int:
+        """Drop messages older than ``ttl`` (counted as "ttl"); returns how many."""
+        with self._lock:
+            self._check_open()
+            return self._expire_locked(self._clock.time())
+
+    def _expire_locked(self, now: float) -> int:
+        ttl = self._config.ttl
+        if ttl is None or not self._meta:
+            return 0
+        cutoff = now - ttl
+        victims: list[int] = []
+        for key, meta in self._meta.items():
+            if key in self._claimed:
+                continue  # in flight: it leaves by ack, or expires after release
+            if meta.ts > cutoff:
+                break
+            victims.append(key)
+        if not victims:
+            return 0
+        counters = self._counters.copy()
+        counters.drops["ttl"] = counters.drops.get("ttl", 0) + len(victims)
+        try:
+            with self._cache.transact():
+                for key in victims:
+                    self._cache.delete(key)
+                self._cache.set(_COUNTERS_KEY, counters.to_json())
+        except (sqlite3.Error, OSError, diskcache.Timeout) as exc:
+            raise self._error("write", exc) from exc
+        self._counters = counters
+        self._flushed()
+        for key in victims:
+            self._forget(key)
+        logger.info("outbox %s: dropped %d message(s) older than %g s", self._path,
+                    len(victims), ttl)
+        return len(victims)
+
+    # ------------------------------------------------------------------ counters and stats
+
+    def _flush_due(self) -> bool:
+        return self._counters_dirty and (
+            self._clock.monotonic() - self._counters_flushed >= _COUNTER_FLUSH_S
+        )
+
+    def _flushed(self) -> None:
+        self._counters_dirty = False
+        self._counters_flushed = self._clock.monotonic()
+
+    def _flush_counters(self) -> None:
+        try:
+            self._cache.set(_COUNTERS_KEY, self._counters.to_json())
+        except (sqlite3.Error, OSError, diskcache.Timeout) as exc:
+            raise self._error("write", exc) from exc
+        self._flushed()
+
+    def stats(self) -> OutboxStats:
+        """Depth, bytes, age of the oldest message and counters since the store was created."""
+        with self._lock:
+            oldest = None
+            if self._meta:
+                first = next(iter(self._meta.values()))
+                oldest = max(0.0, self._clock.time() - first.ts)
+            c = self._counters
+            return OutboxStats(
+                depth=len(self._meta),
+                bytes=self._bytes,
+                oldest_age_s=oldest,
+                in_flight=len(self._claimed),
+                enqueued=c.enqueued,
+                acked=c.acked,
+                drops=dict(c.drops),
+                shed=c.shed,
+            )
+
+    # ------------------------------------------------------------------ closing
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise OutboxError(f"outbox {self._path}: closed")
+
+    def close(self) -> None:
+        """Write the counters and close the store; waiting threads return."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            try:
+                if self._counters_dirty:
+                    self._flush_counters()
+            except OutboxError as exc:
+                logger.error("%s", exc)
+            finally:
+                self._release_resources()
+                self._cond.notify_all()
+
+    def _release_resources(self) -> None:
+        cache = getattr(self, "_cache", None)
+        if cache is not None:
+            with contextlib.suppress(Exception):
+                cache.close()
+        if self._lockfile is not None:
+            with contextlib.suppress(OSError):
+                self._lockfile.close()
+            self._lockfile = None
+
+    def __enter__(self) -> Outbox:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+__all__ = [
+    "DROP_REASONS",
+    "Outbox",
+    "OutboxError",
+    "OutboxMessage",
+    "OutboxStats",
+    "strip_inline_media",
+]

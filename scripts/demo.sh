@@ -1,0 +1,55 @@
+#!/usr/bin/env bash
+# The two-command demo, part one: set up, start a local broker, run the agent on
+# config/demo.yaml and show what it publishes.
+#   scripts/demo.sh               run until Ctrl-C (30 s when not on a terminal, e.g. CI)
+#   scripts/demo.sh --seconds N   stop after N seconds
+# A broker of your own: EDGE_AGENT_MQTT__HOST=... EDGE_AGENT_MQTT__PORT=... scripts/demo.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+seconds=""
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --seconds) seconds="$2"; shift 2 ;;
+    -h|--help) sed -n '2,7p' "$0"; exit 0 ;;
+    *) echo "demo.sh: unknown option $1" >&2; exit 2 ;;
+  esac
+done
+if [ -z "$seconds" ] && [ ! -t 0 ]; then seconds=30; fi
+
+scripts/setup.sh
+.venv/bin/edge-agent models fetch
+if [ -f scripts/make_demo_media.py ]; then .venv/bin/python scripts/make_demo_media.py; fi
+
+workdir=var/demo
+mkdir -p "$workdir"
+pids=()
+cleanup() {
+  for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+}
+trap cleanup EXIT INT TERM
+
+if [ -z "${EDGE_AGENT_MQTT__HOST:-}" ]; then
+  mosq=$(command -v mosquitto || echo /usr/sbin/mosquitto)
+  if [ ! -x "$mosq" ]; then
+    echo "demo.sh: mosquitto is missing; as root run: apt-get install -y mosquitto" >&2
+    exit 1
+  fi
+  port=$(.venv/bin/python -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+  printf 'listener %s 127.0.0.1\nallow_anonymous true\n' "$port" > "$workdir/mosquitto.conf"
+  "$mosq" -c "$workdir/mosquitto.conf" > "$workdir/mosquitto.log" 2>&1 &
+  pids+=($!)
+  export EDGE_AGENT_MQTT__HOST=127.0.0.1 EDGE_AGENT_MQTT__PORT="$port"
+  echo "demo.sh: local mosquitto on 127.0.0.1:$port"
+fi
+
+.venv/bin/edge-agent check-config -c config/demo.yaml
+.venv/bin/edge-agent run -c config/demo.yaml 2> "$workdir/agent.log" &
+pids+=($!)
+echo "demo.sh: agent running (log: $workdir/agent.log); events follow${seconds:+ for ${seconds} s}"
+if [ -n "$seconds" ]; then
+  .venv/bin/edge-agent tail -c config/demo.yaml --timeout "$seconds"
+else
+  .venv/bin/edge-agent tail -c config/demo.yaml
+fi
