@@ -27,7 +27,7 @@ def _load_or_exit(path: Path) -> AgentConfig:
 def cmd_check_config(args: argparse.Namespace) -> int:
     config = _load_or_exit(args.config)
     print(f"{args.config}: OK (device {config.device.id}, "
-          f"{len(config.all_sources())} sources, {len(getattr(config, 'rules', []))} rules)")
+          f"{len(config.all_sources())} sources, {len(config.rules)} rules)")
     return 0
 
 
@@ -80,11 +80,17 @@ def cmd_models_fetch(args: argparse.Namespace) -> int:
 
 
 def cmd_rules_test(args: argparse.Namespace) -> int:
-    from agent.rules.dryrun import dry_run
+    from agent.rules.dryrun import DryRunError, dry_run
 
     config = _load_or_exit(args.config)
-    count = dry_run(config.rules, config.device.id, args.events, sys.stdout)
-    print(f"{count} composite events", file=sys.stderr)
+    try:
+        dry_run(config.rules, config.device.id, args.events, sys.stdout)
+    except DryRunError as exc:
+        print(f"rules test: {exc}", file=sys.stderr)
+        return 65  # EX_DATAERR
+    except OSError as exc:
+        print(f"rules test: cannot read {args.events}: {exc.strerror}", file=sys.stderr)
+        return 66  # EX_NOINPUT
     return 0
 
 

