@@ -27,7 +27,7 @@ from agent.mqtt.config import MqttConfig
 from agent.ops_config import CommandsConfig, HomeAssistantConfig
 from agent.outbox.config import OutboxConfig
 from agent.rules.config import RuleConfig, RulesError, parse_rules, validate_rules
-from agent.sources.camera import CameraConfig
+from agent.sources.camera import CameraConfig, infer_type
 from agent.sources.config import SourceCommon, SyntheticConfig
 from agent.sources.microphone import MicrophoneConfig, validate_listen
 
@@ -270,12 +270,26 @@ def load_config(path: Path | None, environ: dict[str, str] | None = None) -> Age
     if problems:
         raise ConfigError(problems)
     config.rules = rules
-    if path is not None and not config.models.dir.is_absolute():
-        config.models.dir = (path.parent / config.models.dir).resolve()
+    if path is not None:
+        _resolve_relative_paths(config, path.parent)
     problems = cross_check(config)
     if problems:
         raise ConfigError(problems)
     return config
+
+
+def _resolve_relative_paths(config: AgentConfig, base: Path) -> None:
+    """Relative file paths in the config mean "next to the config file", wherever run from."""
+    if not config.models.dir.is_absolute():
+        config.models.dir = (base / config.models.dir).resolve()
+    for camera in config.cameras:
+        url = camera.url
+        if url and not url.startswith("/") and (camera.type or infer_type(url)) in ("file",
+                                                                                  "folder"):
+            camera.url = str((base / url).resolve())
+    for mic in config.microphones:
+        if mic.file is not None and not mic.file.is_absolute():
+            mic.file = (base / mic.file).resolve()
 
 
 def read_mqtt_password(config: MqttConfig) -> str | None:

@@ -17,7 +17,7 @@ while [ $# -gt 0 ]; do
 done
 if [ -z "$seconds" ] && [ ! -t 0 ]; then seconds=30; fi
 
-scripts/setup.sh
+scripts/setup.sh --demo
 .venv/bin/edge-agent models fetch
 if [ -f scripts/make_demo_media.py ]; then .venv/bin/python scripts/make_demo_media.py; fi
 
@@ -25,8 +25,11 @@ workdir=var/demo
 mkdir -p "$workdir"
 pids=()
 cleanup() {
-  for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
-  wait 2>/dev/null || true
+  # Newest first: the agent stops cleanly (publishes "stopped") before its broker goes.
+  for ((i=${#pids[@]}-1; i>=0; i--)); do
+    kill "${pids[i]}" 2>/dev/null || true
+    wait "${pids[i]}" 2>/dev/null || true
+  done
 }
 trap cleanup EXIT INT TERM
 

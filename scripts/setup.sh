@@ -1,11 +1,17 @@
 #!/usr/bin/env bash
 # Shared set-up for scripts/demo.sh and scripts/test.sh: system packages, the .venv, models.
-# Usage: scripts/setup.sh [--dev]   (--dev adds the test tools)
+# Usage: scripts/setup.sh [--dev | --demo]   (--dev adds the test tools, --demo what the
+# demo's media generator needs)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 extra=""
-[ "${1:-}" = "--dev" ] && extra="[dev]"
+case "${1:-}" in
+  --dev) extra="[dev]" ;;
+  --demo) extra="[demo]" ;;
+  "") ;;
+  *) echo "setup.sh: unknown option $1" >&2; exit 2 ;;
+esac
 
 # Debian packages the agent and its tests use: a broker, PortAudio, a JACK dummy sound
 # card, speech synthesis for audio samples, shellcheck for the install script.
@@ -14,8 +20,10 @@ have() { command -v "$1" >/dev/null 2>&1 || [ -x "/usr/sbin/$1" ]; }
 have mosquitto || missing+=(mosquitto)
 ldconfig -p 2>/dev/null | grep -q libportaudio.so.2 || missing+=(libportaudio2)
 if [ -n "$extra" ]; then
-  have jackd || missing+=(jackd2)
   have espeak-ng || missing+=(espeak-ng)
+fi
+if [ "$extra" = "[dev]" ]; then
+  have jackd || missing+=(jackd2)
   have shellcheck || missing+=(shellcheck)
 fi
 if [ ${#missing[@]} -gt 0 ]; then
@@ -38,8 +46,12 @@ fi
 stamp=".venv/.edge-agent-installed${extra}"
 sum=$(sha256sum pyproject.toml | cut -d' ' -f1)
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$sum" ]; then
-  echo "setup: installing edge-agent${extra} into .venv"
-  .venv/bin/python -m pip install -q --upgrade pip
-  .venv/bin/python -m pip install -q -e ".${extra}"
+  echo "setup: installing edge-agent${extra} into .venv (log: .venv/pip.log)"
+  if ! { .venv/bin/python -m pip install -q --upgrade pip &&
+         .venv/bin/python -m pip install -q -e ".${extra}"; } > .venv/pip.log 2>&1; then
+    tail -n 20 .venv/pip.log >&2
+    echo "setup: pip install failed; full log in .venv/pip.log" >&2
+    exit 1
+  fi
   echo "$sum" > "$stamp"
 fi
