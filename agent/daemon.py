@@ -14,6 +14,7 @@ import logging
 import signal
 import threading
 import time
+import uuid
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
@@ -26,6 +27,8 @@ from agent.config import AgentConfig, ConfigError, load_config, read_mqtt_passwo
 from agent.events.schema import CompositeEvent, DeviceRef, Event, LabelName
 from agent.events.validate import metadata_problems
 from agent.labels import LabelCatalogue
+from agent.mqtt.commands import CommandRouter
+from agent.mqtt.discovery import DiscoveryAnnouncer
 from agent.mqtt.link import MqttLink, Topics
 from agent.notify import SystemdNotifier
 from agent.outbox.store import Outbox, OutboxError, OutboxMessage
@@ -38,11 +41,15 @@ from agent.sources.base import SourceStatus
 from agent.sources.camera import CameraConfig
 from agent.sources.config import SourceCommon, SyntheticConfig
 from agent.sources.microphone import MicrophoneConfig
+from agent.stats import SystemSampler
 
 logger = logging.getLogger(__name__)
 
 HUNG_AFTER_S = 20.0
 """A worker or the MQTT loop that has not gone round for this long is hung."""
+
+HUNG_FLOOR_S = 3.0
+"""Never call a thread hung sooner: idle loops beat about once a second."""
 
 
 def event_messages(event: Event, media_on_topic: bool) -> list[OutboxMessage]:
@@ -97,6 +104,10 @@ class Dispatcher:
         self.rejected: Counter[str] = Counter()
         self.accepted = 0
         self.composites = 0
+        # Every accepted event gets (run_id, seq): consumers and the fault tests can tell a
+        # gap (a loss) from a duplicate. seq restarts at 0 with each run of the agent.
+        self.run_id = uuid.uuid4().hex[:12]
+        self._seq: Counter[str] = Counter()
 
     def set_config(self, config: AgentConfig) -> None:
         self._config = config
@@ -114,6 +125,10 @@ class Dispatcher:
                            event.source.id, event.use_case, "; ".join(problems))
             return
         media_on_topic = self._config.mqtt.media_transport == "topic"
+        with self._count_lock:
+            seq = self._seq[event.source.id]
+            self._seq[event.source.id] += 1
+        event = event.model_copy(update={"run_id": self.run_id, "seq": seq})
         if not self._put(event_messages(event, media_on_topic), event.source.id):
             return
         with self._count_lock:
@@ -174,6 +189,18 @@ class Daemon:
         self.dispatcher = Dispatcher(config, self.outbox, self.link.wake, self._build_engine())
         self.workers: dict[str, Worker] = {}
         self._hung_reported: set[str] = set()
+        self._system = SystemSampler(config.outbox.path)
+        # Operations: commands on set/# (results on result/#), Home Assistant discovery.
+        self.commands: CommandRouter | None = None
+        if config.commands.enabled:
+            self.commands = CommandRouter(self.link.topics.base, self,
+                                          lambda t, p: self.link.publish(t, p, qos=1),
+                                          config.commands)
+            self.link.subscribe(self.commands.subscription, self.commands.handle)
+        self.discovery: DiscoveryAnnouncer | None = None
+        if config.homeassistant.enabled:
+            self.discovery = DiscoveryAnnouncer(config, self.link.set_retained)
+            self.link.subscribe(self.discovery.ha_status_topic, self.discovery.on_ha_status)
 
     # -- building ---------------------------------------------------------------------------
 
@@ -219,6 +246,8 @@ class Daemon:
 
     def start(self) -> None:
         """Start delivery, then sources."""
+        if self.discovery is not None:
+            self.discovery.announce()
         self.link.start()
         for source in self.config.all_sources():
             if source.enabled:
@@ -282,11 +311,21 @@ class Daemon:
         self.shutdown()
         return 0
 
+    def hung_after(self) -> float:
+        """Seconds without progress that make a thread hung: ``HUNG_AFTER_S``, or half the
+        systemd watchdog interval when that is shorter (not below ``HUNG_FLOOR_S``), so a hang
+        stops the WATCHDOG=1 pings early enough for systemd to restart within WatchdogSec."""
+        interval = self.notifier.watchdog_interval
+        if not interval:
+            return HUNG_AFTER_S
+        return min(HUNG_AFTER_S, max(interval / 2, HUNG_FLOOR_S))
+
     def healthy(self) -> bool:
         """True while every thread that matters still goes round; logs what hangs, once."""
+        limit = self.hung_after()
         hung = {sid: w.heartbeat_age() for sid, w in self.workers.items()
-                if w.heartbeat_age() > HUNG_AFTER_S}
-        if self.link.heartbeat_age() > HUNG_AFTER_S:
+                if w.heartbeat_age() > limit}
+        if self.link.heartbeat_age() > limit:
             hung["mqtt"] = self.link.heartbeat_age()
         for name, age in hung.items():
             if name not in self._hung_reported:
@@ -323,6 +362,9 @@ class Daemon:
             "composites_published": self.dispatcher.composites,
             "mqtt": self.link.stats(),
             "sources": {sid: w.stats() for sid, w in self.workers.items()},
+            "system": self._system.sample(),
+            **({"rules": engine.stats()} if (engine := self.dispatcher.engine) else {}),
+            **({"commands": self.commands.stats()} if self.commands else {}),
         }
 
     def publish_stats(self) -> None:
@@ -358,6 +400,10 @@ class Daemon:
             if sid not in self.workers and source.enabled:
                 self._start_worker(source)
         self._reload_rules(new)
+        if self.commands is not None:
+            self.commands.set_config(new.commands)
+        if self.discovery is not None:
+            self.discovery.announce(new)
         logger.info("reload: applied %s (%d sources running)", self.config_path,
                     len(self.workers))
         self.notifier.ready()
@@ -383,6 +429,8 @@ class Daemon:
         self.dispatcher.tick()
         if self.dispatcher.engine is not None:
             self.dispatcher.engine.close()
+        if self.commands is not None:
+            self.commands.close()  # answers a pending snapshot before the link goes
         self.link.stop(2.0)
         self.outbox.close()
         logger.info("stopped")

@@ -40,7 +40,7 @@ def _event_line(source: str, e: dict[str, Any]) -> str:
     media = len(e.get("images") or []) + (1 if e.get("audio") else 0)
     if media:
         parts.append(f"+{media} media")
-    seq = (e.get("metadata") or {}).get("seq")
+    seq = e.get("seq")
     if seq is not None:
         parts.append(f"seq {seq}")
     parts.append(f"id {str(e.get('id', ''))[:8]}")

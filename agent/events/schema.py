@@ -183,6 +183,13 @@ class Event(_Frozen):
     device: DeviceRef
     source: SourceRef
     model: ModelRef | None = None
+    run_id: str | None = Field(
+        default=None, description="the agent process that accepted the event (new each start)"
+    )
+    seq: int | None = Field(
+        default=None, ge=0,
+        description="per-source counter within run_id, from 0: a gap means a lost event",
+    )
     phase: Phase | None = None
     track_id: str | None = None
     started_at: UtcTime | None = None

@@ -1,14 +1,13 @@
 """The synthetic source: events at a fixed rate, numbered, without cameras or microphones.
 
 It exercises the whole backbone (rules, outbox, MQTT) end to end and drives the benchmarks and
-fault tests: ``metadata.seq`` counts up per source and ``metadata.run`` names the process, so a
+fault tests: the dispatcher numbers every accepted event (``run_id``, ``seq``), so a
 subscriber can tell exactly what is missing.
 """
 
 from __future__ import annotations
 
 import itertools
-import uuid
 from typing import Any
 
 from agent.clock import Clock, utc_datetime
@@ -21,7 +20,7 @@ LabelLookup = Any  # Callable[[str], LabelName | None]
 
 
 class SyntheticWorker(Worker):
-    """Emits ``config.rate`` events per second; ``seq`` continues from ``start_seq``."""
+    """Emits ``config.rate`` events per second (``config.count`` in all, when set)."""
 
     kind = "synthetic"
 
@@ -33,7 +32,6 @@ class SyntheticWorker(Worker):
         clock: Clock,
         status_listener: StatusListener | None = None,
         label_names: LabelLookup | None = None,
-        start_seq: int = 0,
     ) -> None:
         super().__init__(config.id, emit, clock, status_listener)
         self.config = config
@@ -47,15 +45,13 @@ class SyntheticWorker(Worker):
             return found or LabelName(en=lid, ko=lid)
 
         self._labels = [Label(id=lid, name=name(lid)) for lid in config.labels]
-        self.seq = start_seq
-        # seq restarts with the process; (run, seq) names an event across restarts.
-        self.run_id = uuid.uuid4().hex[:8]
+        self.seq = 0  # events made so far
         self._padding = "x" * config.payload_bytes
 
     def make_event(self) -> Event:
         """The next event (also used by benchmarks without a thread)."""
         label = self._labels[self.seq % len(self._labels)]
-        metadata: dict[str, Any] = {**self.config.metadata, "run": self.run_id, "seq": self.seq}
+        metadata: dict[str, Any] = dict(self.config.metadata)
         if self._padding:
             metadata["padding"] = self._padding
         now = utc_datetime(self._clock.time())

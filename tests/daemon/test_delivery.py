@@ -35,7 +35,7 @@ def synthetic(rate: float, count: int | None = None, sid: str = "s1") -> list[di
 
 
 def seqs(events: list[dict[str, Any]], run: str | None = None) -> list[int]:
-    return [e["metadata"]["seq"] for e in events if run is None or e["metadata"]["run"] == run]
+    return [e["seq"] for e in events if run is None or e["run_id"] == run]
 
 
 def outbox_drained(messages: list[Any]) -> bool:
@@ -141,7 +141,7 @@ def test_kill9_with_a_backlog_then_restart_loses_nothing(
             f"got {len({e['id'] for e in events_of(rec.messages)})} of 600\n{second.log}"
         )
         events = events_of(rec.messages)
-        runs = sorted({e["metadata"]["run"] for e in events})
+        runs = sorted({e["run_id"] for e in events})
         assert len(runs) == 2
         for run in runs:
             got = seqs(events, run)
@@ -165,7 +165,7 @@ def test_kill9_mid_stream_loses_nothing_acknowledged(
         agents.append(first)
         assert rec.wait_for(lambda ms: len(events_of(ms)) >= 200, 30), first.log
         first.kill9()
-        run1 = events_of(rec.messages)[0]["metadata"]["run"]
+        run1 = events_of(rec.messages)[0]["run_id"]
         second = AgentProcess(tmp_path, base_config(tmp_path, broker.port)).start()
         agents.append(second)
         # The restarted agent (no sources now) drains what the first left behind.
