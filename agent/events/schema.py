@@ -22,6 +22,8 @@ from pydantic import (
     PlainSerializer,
 )
 
+from agent.inference.session import ModelRef
+
 SCHEMA_VERSION = 1
 
 
@@ -103,13 +105,6 @@ class SourceRef(_Frozen):
     name: str
     location: str | None = None
     status: Literal["active", "inactive"] = "active"
-
-
-class ModelRef(_Frozen):
-    """The model that produced the predictions, pinned by the file's digest."""
-
-    name: str
-    sha256: str
 
 
 class Box(_Frozen):

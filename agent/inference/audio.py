@@ -24,8 +24,7 @@ import numpy as np
 import numpy.typing as npt
 from pydantic import BaseModel, ConfigDict, Field
 
-from agent.events.schema import ModelRef
-from agent.inference.session import InferenceSession, ModelLoadError, SessionConfig
+from agent.inference.session import InferenceSession, ModelLoadError, ModelRef, SessionConfig
 from agent.labels import LabelCatalogue, LabelCatalogueError, LabelInfo, load_label_file
 
 logger = logging.getLogger(__name__)

@@ -19,11 +19,10 @@ import numpy as np
 import numpy.typing as npt
 from pydantic import Field, PositiveInt
 
-from agent.events.schema import ModelRef
 from agent.inference.adapters import LAYOUTS, Layout, Shape, detect_layout, layout_classes, nms
 from agent.inference.detections import Detections
 from agent.inference.letterbox import letterbox, to_tensor, unletterbox_boxes
-from agent.inference.session import InferenceSession, ModelLoadError, SessionConfig
+from agent.inference.session import InferenceSession, ModelLoadError, ModelRef, SessionConfig
 
 logger = logging.getLogger(__name__)
 

@@ -21,6 +21,15 @@ PROVIDER_ALIASES = {
 }
 
 
+class ModelRef(BaseModel):
+    """The model that produced the predictions, pinned by the file's digest."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str
+    sha256: str
+
+
 class ModelLoadError(RuntimeError):
     """A model file is missing, corrupt or of a layout we cannot use."""
 
