@@ -5,13 +5,10 @@ Fields every source shares live in ``SourceCommon``; each kind adds its own.
 
 from __future__ import annotations
 
-import re
-
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field
 
 from agent.events.schema import MetadataValue
-
-_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+from agent.ids import TopicId
 
 
 class SourceCommon(BaseModel):
@@ -19,7 +16,7 @@ class SourceCommon(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    id: str = Field(description="unique among all sources; used in topics")
+    id: TopicId = Field(description="unique among all sources; used in topics")
     name: str | None = Field(default=None, description="display name; defaults to id")
     location: str | None = None
     enabled: bool = True
@@ -27,15 +24,6 @@ class SourceCommon(BaseModel):
     metadata: dict[str, MetadataValue] = Field(
         default_factory=dict, description="custom metadata added to every event"
     )
-
-    @field_validator("id")
-    @classmethod
-    def _topic_safe(cls, value: str) -> str:
-        if not _ID.match(value):
-            raise ValueError(
-                "must be 1-64 characters of letters, digits, '_', '.', '-' (it is a topic level)"
-            )
-        return value
 
     @property
     def display_name(self) -> str:

@@ -6,7 +6,9 @@ beside its reference measured in the same run, on the same machine and disk.
 
 from __future__ import annotations
 
+import time
 from dataclasses import asdict, dataclass
+from typing import Any, Protocol
 
 
 @dataclass
@@ -33,3 +35,25 @@ class Row:
         d = asdict(self)
         d["ratio"] = self.ratio
         return d
+
+
+class _Runnable(Protocol):
+    def start(self) -> None: ...
+    def stop(self, timeout: float = ...) -> None: ...
+    def stats(self) -> dict[str, Any]: ...
+
+
+def worker_cpu_share(worker: _Runnable, seconds: float, warmup: float
+                     ) -> tuple[float, dict[str, Any]]:
+    """% of one core this process used while ``worker`` ran ``seconds`` after ``warmup``.
+
+    The warm-up skips start-up costs (opening the source, the model's first, slow run).
+    """
+    worker.start()
+    time.sleep(warmup)
+    cpu0, wall0 = time.process_time(), time.perf_counter()
+    time.sleep(seconds)
+    cpu, wall = time.process_time() - cpu0, time.perf_counter() - wall0
+    stats = worker.stats()
+    worker.stop()
+    return 100.0 * cpu / wall, stats

@@ -32,7 +32,7 @@ from agent.inference.fetch import fetch_models
 from agent.pipeline.audio import AudioWorker, build_audio_worker
 from agent.sources.base import SourceState
 from agent.sources.microphone import MicrophoneConfig
-from scripts.benchmarks import Row
+from scripts.benchmarks import Row, worker_cpu_share
 
 SECTION = "audio"
 REPO = Path(__file__).resolve().parents[2]
@@ -65,15 +65,8 @@ def _worker(cfg: MicrophoneConfig, models_dir: Path, clock: Any,
 
 
 def _cpu_share(worker: AudioWorker, seconds: float) -> tuple[float, dict[str, Any]]:
-    """% of one core the process used while the worker ran ``seconds`` of wall time."""
-    worker.start()
-    time.sleep(1.5)  # past the first window and the model's first (slow) run
-    c0, t0 = time.process_time(), time.perf_counter()
-    time.sleep(seconds)
-    cpu, wall = time.process_time() - c0, time.perf_counter() - t0
-    stats = worker.stats()
-    worker.stop()
-    return 100.0 * cpu / wall, stats
+    """% of one core used while the worker ran, past the first window and model run."""
+    return worker_cpu_share(worker, seconds, warmup=1.5)
 
 
 def _model_ms(classifier: AudioClassifier, n: int) -> float:

@@ -33,7 +33,7 @@ from agent.inference.letterbox import letterbox, to_tensor
 from agent.labels import LabelCatalogue
 from agent.pipeline.vision import VisionWorker
 from agent.sources.camera import CameraConfig
-from scripts.benchmarks import Row
+from scripts.benchmarks import Row, worker_cpu_share
 
 REPO = Path(__file__).resolve().parents[2]
 if str(REPO) not in sys.path:
@@ -67,15 +67,8 @@ def _run_until_ended(worker: VisionWorker, timeout: float) -> float:
 
 
 def _cpu_share(worker: VisionWorker, seconds: float) -> tuple[float, dict[str, Any]]:
-    """% of one core the process used while ``worker`` ran for ``seconds``."""
-    worker.start()
-    time.sleep(min(2.0, seconds / 4))  # past start-up (file open, first detections)
-    cpu0, wall0 = time.process_time(), time.perf_counter()
-    time.sleep(seconds)
-    cpu, wall = time.process_time() - cpu0, time.perf_counter() - wall0
-    stats = worker.stats()
-    worker.stop()
-    return 100.0 * cpu / wall, stats
+    """% of one core used while ``worker`` ran, past start-up (file open, first detections)."""
+    return worker_cpu_share(worker, seconds, warmup=min(2.0, seconds / 4))
 
 
 def run(workdir: Path, quick: bool) -> list[Row]:
