@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
+from typing import get_args
 
 import pytest
+from pydantic import BaseModel
 
-from agent.config import EX_CONFIG, ConfigError, load_config, read_mqtt_password
+from agent.config import EX_CONFIG, AgentConfig, ConfigError, load_config, read_mqtt_password
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -121,3 +124,29 @@ def test_check_config_exit_codes(tmp_path: Path) -> None:
 def test_run_refuses_an_invalid_file(tmp_path: Path) -> None:
     bad = run_cli("run", "-c", str(write(tmp_path, "mqtt:\n  port: abc\nfoo: 1\n")))
     assert bad.returncode == EX_CONFIG and "foo: Extra inputs are not permitted" in bad.stderr
+
+
+def _field_names(model: type[BaseModel], seen: set[type] | None = None) -> set[str]:
+    """Every key a config model accepts, through nested models, lists and dicts."""
+    seen = seen if seen is not None else set()
+    if model in seen:
+        return set()
+    seen.add(model)
+    names: set[str] = set()
+    for name, field in model.model_fields.items():
+        names.add(name)
+        stack = [field.annotation]
+        while stack:
+            tp = stack.pop()
+            if isinstance(tp, type) and issubclass(tp, BaseModel):
+                names |= _field_names(tp, seen)
+            stack.extend(get_args(tp))
+    return names
+
+
+def test_the_example_config_documents_every_key() -> None:
+    text = (REPO / "config" / "agent.example.yaml").read_text()
+    key = r"(?:^\s*(?:#\s*)?-?\s*|[{,]\s*)([a-z_0-9]+):"  # block keys and flow-mapping keys
+    documented = set(re.findall(key, text, re.MULTILINE))
+    missing = _field_names(AgentConfig) - documented
+    assert not missing, f"config/agent.example.yaml does not mention: {sorted(missing)}"
