@@ -76,8 +76,8 @@ def main() -> int:
     for name in sections:
         try:
             module = importlib.import_module(f"scripts.benchmarks.{name}")
-        except ModuleNotFoundError as exc:
-            print(f"bench: section {name} unavailable: {exc}", file=sys.stderr)
+        except ImportError as exc:
+            print(f"bench: section {name} unavailable: {exc!r}", file=sys.stderr)
             failed.append(name)
             continue
         print(f"bench: running {name}...", file=sys.stderr, flush=True)
