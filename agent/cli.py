@@ -94,6 +94,22 @@ def cmd_rules_test(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_homeassistant_remove(args: argparse.Namespace) -> int:
+    from agent.config import read_mqtt_password
+    from agent.mqtt.discovery import remove_discovery
+
+    config = _load_or_exit(args.config)
+    try:
+        cleared = remove_discovery(config, read_mqtt_password(config.mqtt))
+    except ConnectionError as exc:
+        print(f"homeassistant remove: {exc}", file=sys.stderr)
+        return 69  # EX_UNAVAILABLE
+    for topic in cleared:
+        print(f"cleared {topic}")
+    print(f"{len(cleared)} Home Assistant entities removed", file=sys.stderr)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="edge-agent",
@@ -131,6 +147,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress output")
     p.add_argument("names", nargs="*", help="models to fetch (default: all)")
     p.set_defaults(func=cmd_models_fetch)
+
+    ha = sub.add_parser("homeassistant", help="Home Assistant discovery").add_subparsers(
+        dest="ha_cmd", required=True)
+    p = ha.add_parser("remove", help="remove this device's entities from Home Assistant")
+    with_config(p)
+    p.set_defaults(func=cmd_homeassistant_remove)
 
     rules = sub.add_parser("rules", help="composite rules").add_subparsers(dest="rules_cmd",
                                                                          required=True)

@@ -196,7 +196,8 @@ class Daemon:
             self.commands = CommandRouter(self.link.topics.base, self,
                                           lambda t, p: self.link.publish(t, p, qos=1),
                                           config.commands)
-            self.link.subscribe(self.commands.subscription, self.commands.handle)
+            self.link.subscribe(self.commands.subscription, self.commands.handle,
+                                accept_retained=False)
         self.discovery: DiscoveryAnnouncer | None = None
         if config.homeassistant.enabled:
             self.discovery = DiscoveryAnnouncer(config, self.link.set_retained)

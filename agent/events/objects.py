@@ -348,6 +348,31 @@ class ObjectProcessor:
                     allowed[check(f"zones.{name}.objects", label_id)] = True
             self._zone_classes[name] = allowed
 
+    def set_label_thresholds(
+        self, labels: Mapping[str, Mapping[str, float]]
+    ) -> dict[str, dict[str, float]]:
+        """Change ``threshold``/``min_score`` per label at runtime; all or nothing.
+
+        Raises ``ValueError`` for a label the model does not have, changing nothing. The
+        arrays are replaced whole, so the worker thread sees either the old or the new set.
+        """
+        index = {label.id: i for i, label in enumerate(self.labels)}
+        unknown = sorted(set(labels) - set(index))
+        if unknown:
+            raise ValueError(f"unknown label(s) {', '.join(unknown)} for model "
+                             f"{self.context.model.name if self.context.model else '?'}")
+        min_score, threshold = self._min_score.copy(), self._threshold.copy()
+        for label_id, values in labels.items():
+            i = index[label_id]
+            if "min_score" in values:
+                min_score[i] = values["min_score"]
+            if "threshold" in values:
+                threshold[i] = values["threshold"]
+        self._min_score, self._threshold = min_score, threshold
+        # float32 storage: round so the answer shows the values as they were given.
+        return {lid: {"min_score": round(float(min_score[index[lid]]), 6),
+                      "threshold": round(float(threshold[index[lid]]), 6)} for lid in labels}
+
     # -- the per-frame work -----------------------------------------------------------------
 
     def filter(self, dets: Detections, width: int, height: int) -> tuple[Detections, BoolArray]:

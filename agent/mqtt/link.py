@@ -128,7 +128,7 @@ class MqttLink:
         self._direct: queue.SimpleQueue[_Direct] = queue.SimpleQueue()
         self._retained: dict[str, bytes] = {}
         self._retained_lock = threading.Lock()
-        self._handlers: dict[str, MessageHandler] = {}
+        self._handlers: dict[str, tuple[MessageHandler, bool]] = {}
         self._client: mqtt.Client | None = None
         self._connected = threading.Event()
         self._inflight: dict[int, int] = {}
@@ -182,12 +182,15 @@ class MqttLink:
         self._direct.put(_Direct(topic, payload, qos, retain))
         self.wake()
 
-    def subscribe(self, topic_filter: str, handler: MessageHandler) -> None:
+    def subscribe(self, topic_filter: str, handler: MessageHandler,
+                  accept_retained: bool = True) -> None:
         """Route messages matching ``topic_filter`` to ``handler(topic, payload)``.
 
         The handler runs on the network thread: keep it short and never let it raise.
+        ``accept_retained=False`` drops retained messages: a command published with retain
+        would otherwise run again after every reconnect.
         """
-        self._handlers[topic_filter] = handler
+        self._handlers[topic_filter] = (handler, accept_retained)
         self.wake()
 
     def heartbeat_age(self) -> float:
@@ -440,8 +443,13 @@ class MqttLink:
             self._acked.append(key)
 
     def _on_message(self, client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:
-        for topic_filter, handler in self._handlers.items():
+        for topic_filter, (handler, accept_retained) in self._handlers.items():
             if mqtt.topic_matches_sub(topic_filter, message.topic):
+                if message.retain and not accept_retained:
+                    logger.warning("mqtt: ignoring retained message on %s (publish commands "
+                                   "without retain; clear it with an empty retained message)",
+                                   message.topic)
+                    continue
                 try:
                     handler(message.topic, message.payload)
                 except Exception:

@@ -12,6 +12,7 @@ exponential backoff; a broken file is reported as ``error`` and the worker stops
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 import time
@@ -130,6 +131,7 @@ class AudioWorker(Worker):
             for lid in dict.fromkeys(config.listen) if lid in by_id
         ]
         # The classifier runs when any listened label could count at this level.
+        self._min_volume = config.min_volume
         self.gate_dbfs = min([config.min_volume, *(r.min_volume for r in self.rules)])
         self._builder = SoundEventBuilder(
             config, device, classifier.model_ref if classifier else None, self.class_labels)
@@ -149,6 +151,36 @@ class AudioWorker(Worker):
         self._latency_ms: deque[float] = deque(maxlen=512)
         self._overflows_before = 0
         self._overruns_before = 0
+
+    def set_thresholds(self, changes: dict[str, Any]) -> dict[str, Any]:
+        """The thresholds command: microphone-wide ``threshold``/``min_volume`` and per label.
+
+        A per-label value wins over a microphone-wide one given in the same change. All or
+        nothing: a label this microphone does not listen for raises ``ValueError``.
+        """
+        labels: dict[str, dict[str, float]] = changes.get("labels", {})
+        listened = {rule.label.id for rule in self.rules}
+        unknown = sorted(set(labels) - listened)
+        if unknown:
+            raise ValueError(f"microphone {self.source_id} does not listen for "
+                             f"{', '.join(unknown)} (listens for {', '.join(sorted(listened))})")
+        rules = []
+        for rule in self.rules:
+            own = labels.get(rule.label.id, {})
+            rules.append(dataclasses.replace(
+                rule,
+                threshold=own.get("threshold", changes.get("threshold", rule.threshold)),
+                min_volume=own.get("min_volume", changes.get("min_volume", rule.min_volume)),
+            ))
+        base = changes.get("min_volume", self._min_volume)
+        # Swap whole objects: the worker thread sees the old set or the new one, never a mix.
+        self._min_volume = base
+        self.gate_dbfs = min([base, *(r.min_volume for r in rules)])
+        self.rules = rules
+        self._lifecycle.rules = rules
+        return {"min_volume": base, "gate_dbfs": self.gate_dbfs,
+                "labels": {r.label.id: {"threshold": r.threshold, "min_volume": r.min_volume}
+                           for r in rules}}
 
     def _label(self, info: LabelInfo) -> Label:
         settings = self.config.labels.get(info.id)

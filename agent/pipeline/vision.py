@@ -241,6 +241,12 @@ class VisionWorker(Worker):
 
     # -- operations -------------------------------------------------------------------------
 
+    def set_thresholds(self, changes: dict[str, Any]) -> dict[str, Any]:
+        """The thresholds command: ``{"labels": {id: {"threshold", "min_score"}}}``."""
+        if self.processor is None:
+            raise ValueError(f"camera {self.source_id} is not running: {self._error}")
+        return {"labels": self.processor.set_label_thresholds(changes.get("labels", {}))}
+
     def snapshot_now(self) -> Event | None:
         """A ``kind: snapshot`` event with the latest frame (and the objects tracked now).
 
