@@ -30,7 +30,7 @@ from paho.mqtt.reasoncodes import ReasonCode
 
 from agent.clock import Clock, SystemClock
 from agent.mqtt.config import MqttConfig
-from agent.outbox.store import Outbox
+from agent.outbox.store import Outbox, OutboxError
 
 logger = logging.getLogger(__name__)
 
@@ -134,6 +134,13 @@ class MqttLink:
         self._inflight: dict[int, int] = {}
         self._acked: list[int] = []
         self._rejected: list[int] = []
+        # Acknowledged keys are removed from the outbox on their own thread: SQLite (and its
+        # fsync under durability: full) then overlaps with publishing instead of stalling it.
+        self._ack_queue: queue.SimpleQueue[list[int] | None] = queue.SimpleQueue()
+        self._ack_thread: threading.Thread | None = None
+        self._ack_pending = 0
+        self._ack_lock = threading.Lock()
+        self._ack_last = self._clock.monotonic()
         self._last_beat = self._clock.monotonic()
         self.last_error: str | None = None
         self.connects = 0
@@ -145,6 +152,8 @@ class MqttLink:
 
     def start(self) -> None:
         """Start the network thread; it connects and keeps reconnecting until ``stop``."""
+        self._ack_thread = threading.Thread(target=self._ack_loop, name="mqtt-ack", daemon=True)
+        self._ack_thread.start()
         self._thread = threading.Thread(target=self._run, name="mqtt", daemon=True)
         self._thread.start()
 
@@ -156,6 +165,12 @@ class MqttLink:
             self._thread.join(timeout)
             if self._thread.is_alive():
                 logger.warning("mqtt: network thread did not stop within %.1f s", timeout)
+        if self._ack_thread is not None:
+            self._ack_queue.put(None)  # after every batch already handed over
+            self._ack_thread.join(timeout)
+            if self._ack_thread.is_alive():
+                logger.warning("mqtt: acknowledgement thread did not stop within %.1f s",
+                               timeout)
 
     @property
     def connected(self) -> bool:
@@ -197,7 +212,12 @@ class MqttLink:
         """Seconds since the network loop last went round (for the watchdog)."""
         if self._thread is None or not self._thread.is_alive():
             return 0.0
-        return self._clock.monotonic() - self._last_beat
+        now = self._clock.monotonic()
+        age = now - self._last_beat
+        with self._ack_lock:
+            if self._ack_pending:  # a stuck outbox write is a hang too
+                age = max(age, now - self._ack_last)
+        return age
 
     def stats(self) -> dict[str, Any]:
         return {
@@ -361,13 +381,45 @@ class MqttLink:
         self._flush_acks()
 
     def _flush_acks(self) -> None:
-        if self._acked:
-            acked, self._acked = self._acked, []
-            self._outbox.ack(acked)
-            self.delivered += len(acked)
-        if self._rejected:
-            rejected, self._rejected = self._rejected, []
-            self._outbox.ack(rejected)
+        """Hand acknowledged (or broker-rejected) keys to the acknowledgement thread."""
+        batch = self._acked + self._rejected
+        if not batch:
+            return
+        self.delivered += len(self._acked)
+        self._acked, self._rejected = [], []
+        with self._ack_lock:
+            if not self._ack_pending:
+                self._ack_last = self._clock.monotonic()
+            self._ack_pending += 1
+        self._ack_queue.put(batch)
+
+    def _ack_loop(self) -> None:
+        """Remove acknowledged messages from the outbox, many batches per transaction."""
+        stopping = False
+        while not stopping:
+            item = self._ack_queue.get()
+            if item is None:
+                break
+            batch, taken = list(item), 1
+            while True:
+                try:
+                    more = self._ack_queue.get_nowait()
+                except queue.Empty:
+                    break
+                if more is None:
+                    stopping = True
+                    break
+                batch.extend(more)
+                taken += 1
+            try:
+                self._outbox.ack(batch)
+            except OutboxError as exc:
+                # Not lost: they stay in the outbox and are sent again (duplicates, by id).
+                logger.error("mqtt: cannot remove %d delivered messages from the outbox: %s",
+                             len(batch), exc)
+            with self._ack_lock:
+                self._ack_pending -= taken
+                self._ack_last = self._clock.monotonic()
 
     def _clean_stop(self, client: mqtt.Client) -> None:
         """Say ``stopped`` (so a clean stop and a crash look different), then disconnect."""

@@ -58,6 +58,7 @@ def bare_paho_rate(broker: Broker, n: int, payload: bytes) -> float:
 def agent_drain_rate(broker: Broker, workdir: Path, n: int, payload: bytes, durability: str
                      ) -> float:
     """Messages/s for MqttLink to drain an outbox backlog of n messages to the broker."""
+    workdir.mkdir(parents=True, exist_ok=True)
     outbox = Outbox(OutboxConfig(path=workdir / f"drain-{durability}", durability=durability,
                                  max_bytes=2 * 1024**3))  # type: ignore[arg-type]
     for start in range(0, n, 500):
@@ -67,8 +68,9 @@ def agent_drain_rate(broker: Broker, workdir: Path, n: int, payload: bytes, dura
                     "bench", outbox)
     t0 = time.perf_counter()
     link.start()
+    # Poll gently: stats() takes the outbox lock the delivery thread needs.
     while outbox.stats().depth > 0:
-        time.sleep(0.01)
+        time.sleep(0.05)
     elapsed = time.perf_counter() - t0
     link.stop()
     outbox.close()
@@ -118,14 +120,22 @@ def run(workdir: Path, quick: bool) -> list[Row]:
     broker = Broker(broker_dir)
     broker.start()
     try:
-        n = 5_000 if quick else 30_000
+        n = 5_000 if quick else 20_000
         payload = os.urandom(512).hex().encode()  # 1 KB
-        bare = bare_paho_rate(broker, n, payload)
-        for durability in ("full", "normal"):
-            rate = agent_drain_rate(broker, workdir, n, payload, durability)
+        # Interleaved rounds, best of each: on a shared machine, outside load moves both
+        # figures; interleaving keeps the comparison fair.
+        bare = 0.0
+        best = {"full": 0.0, "normal": 0.0}
+        for round_ in range(1 if quick else 3):
+            bare = max(bare, bare_paho_rate(broker, n, payload))
+            for durability in best:
+                best[durability] = max(best[durability], agent_drain_rate(
+                    broker, workdir / f"r{round_}", n, payload, durability))
+        for durability, rate in best.items():
             rows.append(Row("delivery", f"drain 1 KB backlog, durability {durability}", rate,
                             "msg/s", "bare paho QoS 1 loop, 20 in flight", bare,
-                            ">= 70% of bare paho", rate >= 0.7 * bare))
+                            ">= 70% of bare paho", rate >= 0.7 * bare,
+                            note=f"best of {1 if quick else 3} interleaved rounds"))
         config = workdir / "idle.yaml"
         config.write_text(
             f"device: {{id: bench-idle}}\nmqtt: {{host: {broker.host}, port: {broker.port}}}\n"
