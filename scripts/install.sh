@@ -367,6 +367,9 @@ step_onnxruntime_gpu() {
 step_models() {
   say "Models in $models"
   run install -d -m 0755 "$models"
+  # The label catalogue (English and Korean names) is ours, not downloaded: always current.
+  run install -d -m 0755 "$models/labels"
+  run install -m 0644 "$repo"/models/labels/*.csv "$models/labels/"
   if [ "$fetch_models" = 0 ]; then
     note "skipped (--no-models): copy the model files into $models"
     return 0

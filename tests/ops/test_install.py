@@ -96,6 +96,8 @@ def test_dry_run_shows_every_step_and_changes_nothing(tmp_path: Path) -> None:
     assert f"+ copy {REPO} to /tmp/edge-agent-src." in out  # pip builds in a copy
     assert f"{prefix}/venv/bin/python -m pip install" in out
     assert f"{prefix}/venv/bin/edge-agent models fetch --dir {prefix}/models" in out
+    # The label catalogue travels with the models, or an installed agent has no names.
+    assert f"{prefix}/models/labels/" in out and "models/labels/coco.csv" in out
     assert "+ write /etc/systemd/system/edge-agent.service" in out
     # The unit is rendered for the prefix.
     assert f"ExecStart={prefix}/venv/bin/edge-agent run -c" in out
