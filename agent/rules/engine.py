@@ -9,20 +9,34 @@ clock that stands still gives the same result as one that follows event time.
 Hot path notes: an event is routed to the rules whose static filters (label, source, kind,
 use case) it passes through a cache keyed by those four values, and every group key except
 ``metadata.<key>`` ones is precomputed in that cache, so a rule that does not match costs
-nothing and a rule that does costs a few dictionary and heap operations.
+nothing and a rule that does costs a few dictionary and list operations. Copies (same event
+id) are found through one engine-wide table of the live event ids with a bit per rule that
+counted them, so the common case (not a copy) costs one lookup per event, not per rule. An
+open composite's sources and labels are gathered when it is handed out, not per event, and
+nothing is serialised or built as a model until a composite is handed out.
+
+Persistence (``state.py``) stores the input: each event that changed some rule's state, once,
+with the engine's now; a restart replays the events stored since the last snapshot through
+this same code, silently (nothing it forms or closes is handed out again).
 """
 
 from __future__ import annotations
 
+import hashlib
 import heapq
 import itertools
 import logging
 import threading
+import uuid
 from bisect import insort
+from collections import deque
 from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta, timezone
+from itertools import islice
 from pathlib import Path
 from typing import Any
+
+from pydantic import ValidationError
 
 from agent.clock import Clock
 from agent.events.schema import (
@@ -38,7 +52,7 @@ from agent.events.schema import (
     new_event_id,
 )
 from agent.rules.config import RuleConfig, check_unique_ids
-from agent.rules.state import RuleStore, pack_seqs, unpack_seqs
+from agent.rules.state import RuleStore, StoredEvent, pack_seqs, unpack_seqs
 
 logger = logging.getLogger(__name__)
 
@@ -49,7 +63,9 @@ Item = tuple[int, int, Event]
 """An admitted event: (event time in ms, sequence number, the event without media bytes)."""
 
 RouteKey = tuple[str, str, str, str]
-Route = list[tuple["_Rule", str, "str | None"]]
+Route = list[tuple["_Rule", "_Group | None", str, "str | None", int, int]]
+"""Per rule an event of a route key counts for: the rule, its group (for fixed group keys),
+the group key (the prefix for ``metadata.<key>``), the metadata key, window and bit."""
 
 
 def to_ms(value: datetime) -> int:
@@ -70,22 +86,21 @@ def metadata_text(value: MetadataValue) -> str:
 
 
 def _has_media_bytes(event: Event) -> bool:
-    if event.audio is not None and event.audio.data is not None:
+    audio, images = event.audio, event.images
+    if audio is None and not images:
+        return False
+    if audio is not None and audio.data is not None:
         return True
-    return any(m.data is not None for m in event.images)
+    return any(m.data is not None for m in images)
 
 
 class _Group:
     """One group of one rule: idle (candidates) or open (members of one composite)."""
 
     __slots__ = (
-        "appended",
         "cand",
         "cid",
         "cooldown_until",
-        "dirty",
-        "full",
-        "ids",
         "key",
         "labels",
         "members",
@@ -93,8 +108,7 @@ class _Group:
         "parts",
         "published",
         "rule",
-        "spent",
-        "spent_ids",
+        "scanned",
         "started",
         "updated",
     )
@@ -108,29 +122,38 @@ class _Group:
         self.updated = 0
         self.members: list[Item] = []  # sorted by (time, seq) while open
         self.cand: list[Item] = []  # a heap by (time, seq) while idle
-        self.ids: set[str] = set()  # ids of members and candidates, against duplicates
         self.labels: dict[str, int] = {}  # label counts among candidates (require_labels)
         self.cooldown_until = 0
-        # Members of a composite closed early (max_events_per_composite) that are still
-        # inside the window: kept so a redelivered copy is not counted again.
-        self.spent: list[Item] = []
-        self.spent_ids: set[str] = set()
-        # The open composite's microphones, cameras and labels, kept as members join so a
-        # payload costs no scan of the members.
+        # The open composite's microphones, cameras and labels in order of joining; members
+        # from ``scanned`` on are not in them yet (gathered when the composite is handed out).
         self.parts: tuple[dict[str, SourceRef], dict[str, SourceRef], dict[str, Label]] = (
             {}, {}, {})
+        self.scanned = 0
         self.published: int | None = None  # engine now of the last open payload handed out
-        self.dirty = False
-        self.full = False
-        self.appended: list[int] = []
 
     def empty(self, now: int, window: int) -> bool:
-        return (
-            self.cid is None
-            and not self.cand
-            and not self.spent
-            and self.cooldown_until + window <= now
-        )
+        return self.cid is None and not self.cand and self.cooldown_until + window <= now
+
+    def gather(self) -> None:
+        """Bring ``parts`` up to date with the members (in the order they joined)."""
+        members = self.members
+        if self.scanned >= len(members):
+            return
+        mics, cameras, labels = self.parts
+        for it in islice(members, self.scanned, None):
+            event = it[2]
+            source = event.source
+            source_id = source.id
+            if source_id not in mics and source_id not in cameras:
+                kind = source.kind
+                if kind == "microphone":
+                    mics[source_id] = source
+                elif kind == "camera":
+                    cameras[source_id] = source
+            label = event.label
+            if label is not None and label.id not in labels:
+                labels[label.id] = label
+        self.scanned = len(members)
 
     def join(self, event: Event) -> None:
         """Note a member's source and label for the payload."""
@@ -145,6 +168,15 @@ class _Group:
         if label is not None and label.id not in labels:
             labels[label.id] = label
 
+    def insert_late(self, item: Item) -> None:
+        """Add a member older than the newest (a late event), keeping the order of joining."""
+        self.gather()
+        insort(self.members, item)
+        self.scanned = len(self.members)
+        self.join(item[2])
+        if item[0] < self.started:  # a late event can start the composite earlier
+            self.started = item[0]
+
     def dump(self) -> dict[str, Any]:
         return {
             "cid": self.cid,
@@ -154,22 +186,25 @@ class _Group:
             "m": pack_seqs([it[1] for it in self.members]),
             "c": pack_seqs([it[1] for it in self.cand]),
             "cd": self.cooldown_until,
-            "sp": pack_seqs([it[1] for it in self.spent]),
         }
 
 
 class _Rule:
     """A rule's compiled settings, its groups, track memory and counters."""
 
-    def __init__(self, config: RuleConfig, device_id: str, track_ttl_ms: int) -> None:
+    def __init__(self, config: RuleConfig, device_id: str, track_ttl_ms: int, bit: int) -> None:
         self.groups: dict[str, _Group] = {}
         self.tracks: dict[tuple[str, str], int] = {}
         self.active = True
-        self.formed = self.updated = self.finalized = 0
-        self.late = self.duplicates = self.repeats = self.suppressed = 0
+        self.bit = bit  # this rule's bit in the engine's table of live event ids
         self.device_id = device_id
         self.track_ttl_ms = track_ttl_ms
+        self.zero_counters()
         self.configure(config)
+
+    def zero_counters(self) -> None:
+        self.formed = self.updated = self.finalized = 0
+        self.late = self.duplicates = self.repeats = self.suppressed = 0
 
     def configure(self, config: RuleConfig) -> None:
         self.config = config
@@ -266,30 +301,39 @@ class RuleEngine:
         self._update_interval_ms = round(update_interval_seconds * 1000)
         self._owed: dict[_Group, None] = {}
         self._lock = threading.RLock()
-        self._rules: dict[str, _Rule] = {
-            c.id: _Rule(c, device.id, self._track_ttl_ms) for c in rules
-        }
+        self._rules: dict[str, _Rule] = {}
+        for config in rules:
+            self._rules[config.id] = self._new_rule(config)
         self._routes: dict[RouteKey, Route] = {}
         self._label_states: dict[str, LabelState] = {}
         self._deadlines: list[tuple[int, int, _Rule, _Group, str]] = []
         self._counter = itertools.count()
         self._now = 0
         self._next_seq = 0
+        # Live event ids: id -> [bits of the rules that counted it, newest time, seq]; and
+        # the order they came in, to forget them once outside every window.
+        self._seen: dict[str, list[int]] = {}
+        self._seen_order: deque[tuple[int, str]] = deque()
+        self._max_window = 0
+        self._rules_changed()
         # Per call: composites finalised (in order) and composites left open, by id.
         self._finals: list[CompositeEvent] = []
         self._opened: dict[_Group, None] = {}
         self._pending: list[CompositeEvent] = []
-        # Per commit: what changed since the last one.
-        self._dirty: list[tuple[_Rule, _Group]] = []
-        self._dirty_tracks: dict[tuple[str, str, str], int] = {}
-        self._new_items: list[Item] = []
+        # Replaying stored events: rebuild state, hand nothing out, store nothing.
+        self._silent = False
+        # Per commit: the events to store; snapshot bookkeeping.
+        self._log: list[StoredEvent] = []
+        self._pending_changed = False
         self._force_snapshot = False
-        self._pending_delivered = False
         self._events_since_snapshot = 0
-        self._snapshot_after = 20_000
+        self._snapshot_min = 20_000  # events between snapshots, at least; replay replays these
+        self._snapshot_after = self._snapshot_min
+        self._seed: str | None = None
         self._store = RuleStore(state_dir) if state_dir is not None else None
         self._closed = False
         if self._store is not None:
+            self._seed = self._store.seed
             self._restore(self._store)
 
     # ----------------------------------------------------------------- public interface
@@ -307,6 +351,7 @@ class RuleEngine:
         with self._lock:
             self._check_open()
             self._advance_clock()
+            self._finalize_due(self._now)
             one = self._one
             for event in events:
                 one(event)
@@ -337,7 +382,7 @@ class RuleEngine:
                 self._reset(rule)
             rule.enabled = enabled
             rule.ref = rule.ref.model_copy(update={"enabled": enabled})
-            self._routes.clear()
+            self._rules_changed()
             self._force_snapshot = True
             self._commit()
 
@@ -351,24 +396,7 @@ class RuleEngine:
         with self._lock:
             self._check_open()
             self._catch_up()
-            new: dict[str, _Rule] = {}
-            for config in rules:
-                old = self._rules.pop(config.id, None)
-                if old is not None and old.fingerprint == config.window_fingerprint():
-                    if old.enabled and not config.enabled:
-                        self._reset(old)
-                    old.configure(config)
-                    new[config.id] = old
-                    continue
-                if old is not None:
-                    self._reset(old)
-                    old.active = False
-                new[config.id] = _Rule(config, self._device.id, self._track_ttl_ms)
-            for old in self._rules.values():
-                self._reset(old)
-                old.active = False
-            self._rules = new
-            self._routes.clear()
+            self._apply(rules, restart=False)
             self._force_snapshot = True
             self._commit()
 
@@ -413,82 +441,77 @@ class RuleEngine:
     # ------------------------------------------------------------------------ hot path
 
     def _one(self, event: Event) -> None:
-        label = event.label
-        t = to_ms(event.timestamp)
-        if t > self._now:
-            self._now = t
+        t = (event.timestamp - _EPOCH) // _ONE_MS
         now = self._now
-        if self._deadlines and self._deadlines[0][0] <= now:
+        if t > now:
+            now = self._now = t
+        deadlines = self._deadlines
+        if deadlines and deadlines[0][0] <= now:
             self._finalize_due(now)
+        label = event.label
         if label is None:
             return
         source = event.source
-        route_key = (label.id, source.id, source.kind, event.use_case)
-        route = self._routes.get(route_key)
+        route = self._routes.get((label.id, source.id, source.kind, event.use_case))
         if route is None:
-            route = self._route(route_key)
+            route = self._route((label.id, source.id, source.kind, event.use_case))
         if not route:
             return
-        item: Item | None = None
         event_id = event.id
+        seen = self._seen.get(event_id)
         track = (source.id, event.track_id) if event.track_id is not None else None
-        source_id, kind, label_id = source.id, source.kind, label.id
-        dirty, opened, cap = self._dirty, self._opened, self._cap
-        for rule, group_key, meta_key in route:
+        item: Item | None = None
+        seq = -1  # allocated when the event first changes some rule's state
+        mask = 0
+        opened, cap = self._opened, self._cap
+        for rule, group, group_key, meta_key, window, bit in route:
             if meta_key is not None:
                 value = event.metadata.get(meta_key)
                 if value is None:
                     continue
                 group_key += value if type(value) is str else metadata_text(value)
-            window = rule.window
             if t + window <= now:
                 rule.late += 1
                 continue
-            group = rule.groups.get(group_key)
-            if group is not None and (event_id in group.ids or event_id in group.spent_ids):
+            if seen is not None and seen[0] & bit and seen[1] + window > now:
                 rule.duplicates += 1
                 continue
             if track is not None:
-                until = rule.tracks.get(track)
+                tracks = rule.tracks
+                until = tracks.get(track)
                 new_until = t + rule.track_horizon
                 if until is not None and until > now:
                     if new_until > until:
-                        rule.tracks[track] = new_until
-                        self._dirty_tracks[(rule.id, *track)] = new_until
+                        tracks[track] = new_until
+                        if seq < 0:
+                            seq = self._next_seq
+                            self._next_seq += 1
                     rule.repeats += 1
                     continue
-                rule.tracks[track] = new_until
-                self._dirty_tracks[(rule.id, *track)] = new_until
+                tracks[track] = new_until
+                if seq < 0:
+                    seq = self._next_seq
+                    self._next_seq += 1
             if group is None:
-                group = rule.groups[group_key] = _Group(group_key, rule)
-                group.full = True  # written whole: a group of that key may have been dropped
+                group = rule.groups.get(group_key)
+                if group is None:
+                    group = rule.groups[group_key] = _Group(group_key, rule)
             if t < group.cooldown_until:
                 rule.suppressed += 1
                 continue
             if item is None:
-                item = self._admit(event, t)
-            group.ids.add(event_id)
-            if not group.dirty:
-                group.dirty = True
-                dirty.append((rule, group))
-            group.appended.append(item[1])
+                if seq < 0:
+                    seq = self._next_seq
+                    self._next_seq += 1
+                item = (t, seq, event.without_media() if _has_media_bytes(event) else event)
+            mask |= bit
             if group.cid is not None:
                 members = group.members
                 if t >= group.newest:
                     members.append(item)  # in order: the common case
                     group.newest = t
                 else:
-                    insort(members, item)
-                    if t < group.started:  # a late event can start the composite earlier
-                        group.started = t
-                parts = group.parts
-                if kind == "microphone":
-                    if source_id not in parts[0]:
-                        parts[0][source_id] = source
-                elif kind == "camera" and source_id not in parts[1]:
-                    parts[1][source_id] = source
-                if label_id not in parts[2]:
-                    parts[2][label_id] = label
+                    group.insert_late(item)
                 group.updated = now
                 rule.updated += 1
                 if len(members) >= cap:
@@ -506,20 +529,35 @@ class RuleEngine:
             if len(cand) >= rule.min_events and (
                 required is None or all(group.labels.get(r) for r in required)
             ):
-                self._form(rule, group, now)
-
-    def _admit(self, event: Event, t: int) -> Item:
-        seq = self._next_seq
-        self._next_seq += 1
-        item = (t, seq, event.without_media() if _has_media_bytes(event) else event)
-        self._new_items.append(item)
-        return item
+                self._form(rule, group, now, seq)
+        if seq < 0:
+            return
+        if item is not None:
+            if seen is None:
+                self._seen[event_id] = [mask, t, seq]
+                self._seen_order.append((t, event_id))
+            else:  # a copy counted by rules that had not counted the original
+                seen[0] |= mask
+                seen[2] = seq
+                if t > seen[1]:
+                    seen[1] = t
+                    self._seen_order.append((t, event_id))
+        if not self._silent:
+            stored = item[2] if item is not None else (
+                event.without_media() if _has_media_bytes(event) else event)
+            self._log.append((seq, now, stored))
 
     def _route(self, key: RouteKey) -> Route:
         route: Route = []
         for rule in self._rules.values():
             if rule.enabled and rule.passes(key):
-                route.append((rule, rule.group_key(key), rule.meta_key))
+                group_key = rule.group_key(key)
+                group = None
+                if rule.meta_key is None:  # kept while the route is (see ``_collect``)
+                    group = rule.groups.get(group_key)
+                    if group is None:
+                        group = rule.groups[group_key] = _Group(group_key, rule)
+                route.append((rule, group, group_key, rule.meta_key, rule.window, rule.bit))
         self._routes[key] = route
         return route
 
@@ -530,7 +568,6 @@ class RuleEngine:
         window = rule.window
         while cand and cand[0][0] + window <= now:
             _t, _seq, event = heapq.heappop(cand)
-            group.ids.discard(event.id)
             if rule.required is not None and event.label is not None:
                 left = group.labels[event.label.id] - 1
                 if left:
@@ -538,19 +575,17 @@ class RuleEngine:
                 else:
                     del group.labels[event.label.id]
 
-    def _form(self, rule: _Rule, group: _Group, now: int) -> None:
+    def _form(self, rule: _Rule, group: _Group, now: int, seq: int) -> None:
         group.members = sorted(group.cand)
         group.cand = []
         group.labels = {}
         group.parts = ({}, {}, {})
-        for it in group.members:
-            group.join(it[2])
+        group.scanned = 0
         group.published = None
-        group.cid = new_event_id()
+        group.cid = self._composite_id(rule, group.key, seq)
         group.started = group.members[0][0]
         group.newest = group.members[-1][0]
         group.updated = now
-        group.full = True
         rule.formed += 1
         heapq.heappush(
             self._deadlines,
@@ -560,6 +595,16 @@ class RuleEngine:
             self._finalize(rule, group, now, early=True)
         else:
             self._opened[group] = None
+
+    def _composite_id(self, rule: _Rule, key: str, seq: int) -> str:
+        """A fresh UUID v4; with a state file, derived from the file's random seed and the
+        event that formed it, so that replay after a restart gives the same id."""
+        if self._seed is None:
+            return new_event_id()
+        digest = hashlib.blake2b(
+            f"{self._seed}\n{rule.id}\n{key}\n{seq}".encode(), digest_size=16
+        ).digest()
+        return str(uuid.UUID(bytes=digest, version=4))
 
     def _finalize_due(self, now: int) -> None:
         deadlines = self._deadlines
@@ -574,47 +619,46 @@ class RuleEngine:
             self._finalize(rule, group, ends, early=False)
 
     def _finalize(self, rule: _Rule, group: _Group, ended: int, *, early: bool) -> None:
-        """Close the open composite of ``group``; ``ended`` is its ``ended_at``."""
+        """Close the open composite of ``group``; ``ended`` is its ``ended_at``. A member of
+        a composite closed early stays in the table of live ids, so a copy is still caught."""
         assert group.cid is not None
         group.updated = max(group.updated, self._now)
-        self._finals.append(self._build(rule.ref, group, ended))
+        if not self._silent:
+            self._finals.append(self._build(rule.ref, group, ended))
         self._opened.pop(group, None)
-        # While open a group has no candidates, so its ids are exactly the members'.
-        if early:
-            if group.spent:  # drop what has left the window, so this list stays bounded
-                window = rule.window
-                group.spent = [it for it in group.spent if it[0] + window > self._now]
-                group.spent_ids = {it[2].id for it in group.spent}
-            group.spent.extend(group.members)
-            group.spent_ids |= group.ids
-        group.ids = set()
         group.members = []
         group.parts = ({}, {}, {})
+        group.scanned = 0
         group.cid = None
         if rule.cooldown > 0:
             group.cooldown_until = ended + rule.cooldown
-        group.full = True
-        if not group.dirty:
-            group.dirty = True
-            self._dirty.append((rule, group))
         rule.finalized += 1
 
-    def _reset(self, rule: _Rule) -> None:
-        """Finalise a rule's open composites now and forget its windows (off, changed)."""
+    def _reset(self, rule: _Rule, *, restart: bool = False) -> None:
+        """Finalise a rule's open composites now and forget its windows (off, changed). On a
+        restart a composite whose window passed meanwhile ends when it passed."""
+        now = self._now
         for group in rule.groups.values():
             if group.cid is not None:
-                group.updated = max(group.updated, self._now)
-                self._pending.append(self._build(rule.ref, group, self._now))
+                group.updated = max(group.updated, now)
+                ended = min(now, group.newest + rule.window) if restart else now
+                self._pending.append(self._build(rule.ref, group, ended))
+                self._pending_changed = True
                 self._opened.pop(group, None)
                 rule.finalized += 1
         rule.groups = {}
         rule.tracks = {}
+        keep = ~rule.bit
+        for entry in self._seen.values():
+            entry[0] &= keep
 
     def _build(self, ref: RuleRef, group: _Group, ended: int | None) -> CompositeEvent:
         assert group.cid is not None
+        group.gather()
         mics, cameras, labels = group.parts
         # Built without re-validating: every part is already a validated model.
         return CompositeEvent.model_construct(
+            schema_version=1,
             id=group.cid,
             group_key=group.key,
             rule=ref,
@@ -638,25 +682,75 @@ class RuleEngine:
         return state
 
     def _collect(self) -> None:
-        """Drop what has left every window: candidates, spent ids, idle groups, tracks."""
+        """Drop what has left every window: candidates, idle groups, tracks, live ids.
+
+        Groups with a fixed key stay (the routes refer to them; there are no more of them
+        than routes); ``metadata.<key>`` groups, as many as values seen, are dropped."""
         now = self._now
         for rule in self._rules.values():
             window = rule.window
             empty = []
+            dynamic = rule.meta_key is not None
             for key, group in rule.groups.items():
                 if group.cid is None and group.cand and group.cand[0][0] + window <= now:
                     self._prune(rule, group, now)
-                if group.spent:
-                    group.spent = [it for it in group.spent if it[0] + window > now]
-                    group.spent_ids = {it[2].id for it in group.spent}
-                if group.empty(now, window):
+                if dynamic and group.empty(now, window):
                     empty.append(key)
             for key in empty:
                 del rule.groups[key]
             if rule.tracks:
                 rule.tracks = {k: u for k, u in rule.tracks.items() if u > now}
+        self._forget_ids()
+
+    def _forget_ids(self) -> None:
+        """Drop live ids outside every window: a copy of one is late for every rule."""
+        order, seen, horizon = self._seen_order, self._seen, self._now - self._max_window
+        while order and order[0][0] <= horizon:
+            _t, event_id = order.popleft()
+            entry = seen.get(event_id)
+            if entry is not None and entry[1] <= horizon:
+                del seen[event_id]
 
     # ---------------------------------------------------------------------- bookkeeping
+
+    def _new_rule(self, config: RuleConfig, others: Sequence[_Rule] = ()) -> _Rule:
+        """A rule with a bit that neither the current rules nor ``others`` use."""
+        used = 0
+        for rule in (*self._rules.values(), *others):
+            used |= rule.bit
+        bit = 1
+        while used & bit:
+            bit <<= 1
+        return _Rule(config, self._device.id, self._track_ttl_ms, bit)
+
+    def _rules_changed(self) -> None:
+        self._routes.clear()
+        self._max_window = max((r.window for r in self._rules.values()), default=0)
+
+    def _apply(self, rules: list[RuleConfig], *, restart: bool) -> None:
+        """Switch to ``rules``: unchanged counting settings keep their windows. On a restart a
+        rule must also be enabled in ``rules`` (the configuration decides at start)."""
+        olds = self._rules
+        self._rules = {}
+        for config in rules:
+            old = olds.pop(config.id, None)
+            keeps = old is not None and old.fingerprint == config.window_fingerprint()
+            if restart:
+                keeps = keeps and old is not None and old.enabled and config.enabled
+            if old is not None and keeps:
+                if old.enabled and not config.enabled:
+                    self._reset(old)
+                old.configure(config)
+                self._rules[config.id] = old
+                continue
+            if old is not None:
+                self._reset(old, restart=restart)
+                old.active = False
+            self._rules[config.id] = self._new_rule(config, list(olds.values()))
+        for old in olds.values():
+            self._reset(old, restart=restart)
+            old.active = False
+        self._rules_changed()
 
     def _check_open(self) -> None:
         if self._closed:
@@ -674,10 +768,14 @@ class RuleEngine:
         """Move time to the clock and finalise what is due, for calls that return nothing."""
         self._advance_clock()
         self._finalize_due(self._now)
-        self._pending.extend(self._finals)
-        self._finals = []
+        if self._finals:
+            self._pending.extend(self._finals)
+            self._pending_changed = True
+            self._finals = []
 
     def _finish(self) -> list[CompositeEvent]:
+        if self._pending:
+            self._pending_changed = True  # handed out now: the store must forget them
         out = self._pending
         out.extend(self._finals)
         if self._owed:
@@ -694,181 +792,184 @@ class RuleEngine:
                 continue
             group.published = now
             out.append(self._build(rule.ref, group, None))
-        if self._pending:
-            self._pending_delivered = True
         self._pending = []
         self._finals = []
         self._opened = {}
+        self._forget_ids()
         self._commit()
         return out
 
     def _commit(self) -> None:
         store = self._store
+        log = self._log
+        self._log = []
         if store is None:
-            for _rule, group in self._dirty:
-                group.dirty = group.full = False
-                group.appended = []
-            self._dirty = []
-            self._dirty_tracks = {}
-            self._new_items = []
             return
-        self._events_since_snapshot += len(self._new_items)
-        if (
-            self._force_snapshot
-            or self._events_since_snapshot > self._snapshot_after
-            or store.rows_since_snapshot >= 5000
-        ):
-            self._snapshot(store)
-            return
-        if not (self._dirty or self._dirty_tracks or self._new_items or self._pending_delivered):
-            return
-        deltas: list[list[Any]] = []
-        for rule, group in self._dirty:
-            if group.full:
-                deltas.append([rule.id, group.key, "=", group.dump()])
-            elif group.appended:
-                deltas.append([rule.id, group.key, "+", pack_seqs(group.appended)])
-            group.dirty = group.full = False
-            group.appended = []
-        header = {
-            "now": self._now,
-            "seq": self._next_seq,
-            "ev": pack_seqs([it[1] for it in self._new_items]),
-            "g": deltas,
-            "t": [[*k, u] for k, u in self._dirty_tracks.items()],
-            "pd": self._pending_delivered,
-        }
-        self._pending_delivered = False
-        store.append(header, [it[2].to_json() for it in self._new_items], snapshot=False)
-        self._dirty = []
-        self._dirty_tracks = {}
-        self._new_items = []
+        self._events_since_snapshot += len(log)
+        pending = None
+        if self._pending_changed:
+            pending = [c.model_dump(mode="json") for c in self._pending]
+            self._pending_changed = False
+        snapshot: dict[str, Any] | None = None
+        keep: set[int] = set()
+        if self._force_snapshot or self._events_since_snapshot > self._snapshot_after:
+            snapshot, keep = self._snapshot()
+        store.commit(log, self._now, pending=pending, snapshot=snapshot, keep=keep)
 
-    def _snapshot(self, store: RuleStore) -> None:
+    def _snapshot(self) -> tuple[dict[str, Any], set[int]]:
+        """What replay cannot recover from the events after this point, and the sequence
+        numbers of the stored events it refers to."""
         self._collect()
-        live: dict[int, Event] = {}
+        keep: set[int] = set()
         groups: list[list[Any]] = []
         tracks: list[list[Any]] = []
         for rule in self._rules.values():
             for group in rule.groups.values():
-                for it in group.members:
-                    live[it[1]] = it[2]
-                for it in (*group.cand, *group.spent):
-                    live[it[1]] = it[2]
+                if group.empty(self._now, rule.window):
+                    continue
+                keep.update(it[1] for it in group.members)
+                keep.update(it[1] for it in group.cand)
                 groups.append([rule.id, group.key, group.dump()])
             tracks.extend([rule.id, s, k, u] for (s, k), u in rule.tracks.items())
-        header = {
+        entries = list(self._seen.values())
+        keep.update(e[2] for e in entries)
+        state = {
             "now": self._now,
             "seq": self._next_seq,
-            "ev": pack_seqs(live),
             "g": groups,
             "t": tracks,
+            "ids": [pack_seqs([e[2] for e in entries]), pack_seqs([e[1] for e in entries]),
+                    [e[0] for e in entries]],
             "rules": {
-                r.id: {"fp": r.fingerprint, "ref": r.ref.model_dump(mode="json")}
+                r.id: {"fp": r.fingerprint, "bit": r.bit, "ref": r.ref.model_dump(mode="json")}
                 for r in self._rules.values()
-                if r.enabled
             },
-            "pending": [c.model_dump(mode="json") for c in self._pending],
         }
-        self._pending_delivered = False
-        store.append(header, [e.to_json() for e in live.values()], snapshot=True)
-        for _rule, group in self._dirty:
-            group.dirty = group.full = False
-            group.appended = []
-        self._dirty = []
-        self._dirty_tracks = {}
-        self._new_items = []
         self._force_snapshot = False
         self._events_since_snapshot = 0
-        self._snapshot_after = max(20_000, 2 * len(live))
+        self._snapshot_after = max(self._snapshot_min, 2 * len(keep))
+        return state, keep
 
     def _restore(self, store: RuleStore) -> None:
+        """Load the snapshot, replay the events stored after it, then apply the rules given
+        now (as ``reload`` would, except that a rule must be enabled in them to keep its
+        windows: the configuration decides at start)."""
         loaded = store.load()
-        self._now = max(loaded.now, self._clock_ms())
-        self._next_seq = loaded.next_seq
         self._pending = [CompositeEvent.model_validate(c) for c in loaded.pending]
-        items: dict[int, Item] = {}
-
-        def item(seq: int) -> Item | None:
-            found = items.get(seq)
-            if found is None:
-                raw = loaded.events.get(seq)
-                if raw is None:
-                    logger.warning("rules state: event #%d is missing; it is left out", seq)
-                    return None
-                event = Event.model_validate_json(raw)
-                found = items[seq] = (to_ms(event.timestamp), seq, event)
-            return found
-
-        def items_of(packed: str) -> list[Item]:
-            return sorted(it for it in map(item, unpack_seqs(packed)) if it is not None)
-
-        dropped = 0
-        for (rule_id, key), state in loaded.groups.items():
-            rule = self._rules.get(rule_id)
-            meta = loaded.rules.get(rule_id)
-            group = _Group(key, rule)  # type: ignore[arg-type]
-            group.cid = state["cid"]
-            group.started, group.newest, group.updated = state["st"], state["nw"], state["up"]
-            group.cooldown_until = state["cd"]
-            group.members = items_of(state["m"]) if group.cid else []
-            if not group.members:
-                group.cid = None
-            kept = (
-                rule is not None
-                and rule.enabled
-                and meta is not None
-                and meta["fp"] == rule.fingerprint
-            )
-            if not kept:
-                if group.cid is not None and meta is not None:
-                    # Closed now, as switching the rule off would; or when its window passed,
-                    # if that came first.
-                    ends = min(self._now, group.members[-1][0] + round(
-                        meta["ref"]["window_seconds"] * 1000))
-                    group.updated = max(group.updated, self._now)
-                    ref = RuleRef.model_validate(meta["ref"])
-                    self._pending.append(self._build(ref, group, ends))
-                dropped += 1
-                continue
-            assert rule is not None
-            group.cand = items_of(state["c"]) if group.cid is None else []
-            group.spent = items_of(state["sp"])
-            group.spent_ids = {it[2].id for it in group.spent}
-            for it in group.members:
-                group.join(it[2])
-            for it in (*group.members, *group.cand):
-                group.ids.add(it[2].id)
-                label = it[2].label
-                if group.cid is None and rule.required is not None and label is not None:
-                    group.labels[label.id] = group.labels.get(label.id, 0) + 1
-            if group.cid is not None:
-                # Derived from the members: "+" rows do not rewrite them.
-                group.started = group.members[0][0]
-                group.newest = group.members[-1][0]
-                heapq.heappush(
-                    self._deadlines,
-                    (group.newest + rule.window, next(self._counter), rule, group, group.cid),
+        snap = loaded.snapshot
+        configs = [r.config for r in self._rules.values()]
+        if snap is not None:
+            self._rules = {}
+            for rule_id, meta in snap["rules"].items():
+                try:
+                    config = RuleConfig.model_validate(meta["ref"])
+                except ValidationError as exc:
+                    logger.warning("rules state: rule %s cannot be read back (%s); its windows "
+                                   "are dropped", rule_id, exc)
+                    continue
+                rule = _Rule(config, self._device.id, self._track_ttl_ms, meta["bit"])
+                rule.fingerprint = meta["fp"]
+                self._rules[rule_id] = rule
+            self._rules_changed()
+            self._now = snap["now"]
+            self._next_seq = snap["seq"]
+            events: dict[int, Event] = {}
+            replay: list[tuple[int, int, Event]] = []
+            for row in loaded.rows:
+                event = store.decode(row)
+                if row[0] >= snap["seq"]:
+                    replay.append((row[0], row[1], event))
+                else:
+                    events[row[0]] = event
+            self._restore_snapshot(snap, events)
+            self._silent = True
+            try:
+                for seq, now, event in replay:
+                    if now > self._now:
+                        self._now = now
+                    self._next_seq = seq
+                    self._one(event)
+                    self._next_seq = max(self._next_seq, seq + 1)
+                # Everything due by the last commit's now was handed out before the restart.
+                self._now = max(self._now, loaded.now)
+                self._finalize_due(self._now)
+            finally:
+                self._silent = False
+            self._opened = {}
+            self._finals = []
+            for rule in self._rules.values():
+                rule.zero_counters()
+            if loaded.rows or snap["g"]:
+                logger.info(
+                    "rules state: restored %d groups from %s (%d events replayed)",
+                    sum(len(r.groups) for r in self._rules.values()), store.path, len(replay),
                 )
-            rule.groups[key] = group
-        for (rule_id, source_id, track_id), until in loaded.tracks.items():
-            rule = self._rules.get(rule_id)
-            meta = loaded.rules.get(rule_id)
-            if rule is not None and rule.enabled and meta and meta["fp"] == rule.fingerprint:
-                rule.tracks[(source_id, track_id)] = until
-        if dropped:
+        self._advance_clock()
+        groups_before = sum(len(r.groups) for r in self._rules.values())
+        self._apply(configs, restart=True)
+        dropped = groups_before - sum(len(r.groups) for r in self._rules.values())
+        if dropped > 0:
             logger.warning(
                 "rules state: %d groups of rules that changed, were removed or are disabled "
                 "since the last run were discarded (open composites are closed)", dropped
             )
-        if loaded.rows:
-            logger.info(
-                "rules state: restored %d groups and %d events from %s",
-                sum(len(r.groups) for r in self._rules.values()), len(items), store.path,
-            )
-        # Start the journal afresh from what is live now (also records the current rules).
+        # Start afresh from what is live now (also records the current rules).
         self._force_snapshot = True
         self._commit()
+
+    def _restore_snapshot(self, snap: dict[str, Any], events: dict[int, Event]) -> None:
+        missing = 0
+
+        def items_of(packed: str) -> list[Item]:
+            nonlocal missing
+            out: list[Item] = []
+            for seq in unpack_seqs(packed):
+                event = events.get(seq)
+                if event is None:
+                    missing += 1
+                else:
+                    out.append((to_ms(event.timestamp), seq, event))
+            out.sort()
+            return out
+
+        for rule_id, key, state in snap["g"]:
+            rule = self._rules.get(rule_id)
+            if rule is None:
+                continue
+            group = rule.groups[key] = _Group(key, rule)
+            group.cooldown_until = state["cd"]
+            group.updated = state["up"]
+            if state["cid"] is not None:
+                group.members = items_of(state["m"])
+                if group.members:
+                    group.cid = state["cid"]
+                    # Derived from the members, which late events may have moved.
+                    group.started = group.members[0][0]
+                    group.newest = group.members[-1][0]
+                    heapq.heappush(self._deadlines, (
+                        group.newest + rule.window, next(self._counter), rule, group, group.cid))
+                continue
+            group.cand = items_of(state["c"])  # sorted is a heap
+            if rule.required is not None:
+                for it in group.cand:
+                    label = it[2].label
+                    if label is not None:
+                        group.labels[label.id] = group.labels.get(label.id, 0) + 1
+        for rule_id, source_id, track_id, until in snap["t"]:
+            rule = self._rules.get(rule_id)
+            if rule is not None:
+                rule.tracks[(source_id, track_id)] = until
+        seqs, times, masks = snap["ids"]
+        for seq, t, mask in zip(unpack_seqs(seqs), unpack_seqs(times), masks, strict=True):
+            event = events.get(seq)
+            if event is None:
+                missing += 1
+                continue
+            self._seen[event.id] = [mask, t, seq]
+            self._seen_order.append((t, event.id))
+        if missing:
+            logger.warning("rules state: %d stored events are missing; they are left out",
+                           missing)
 
 
 __all__ = ["Item", "RuleEngine", "from_ms", "metadata_text", "to_ms"]
