@@ -36,6 +36,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     from agent.config import read_mqtt_password
     from agent.daemon import Daemon
+    from agent.labels import LabelCatalogueError
     from agent.logs import setup_logging
     from agent.outbox.store import OutboxError
 
@@ -50,6 +51,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     except OutboxError as exc:
         logger.error("%s", exc)
         return 73  # EX_CANTCREAT
+    except LabelCatalogueError as exc:
+        logger.error("label catalogue: %s (models.dir: %s)", exc, config.models.dir)
+        return EX_CONFIG
     daemon.install_signal_handlers()
     return daemon.run()
 

@@ -279,3 +279,18 @@ def test_systemd_notifications(tmp_path: Path, broker: Broker, agents: list[Agen
     sock.close()
     assert "READY=1" in seen and "WATCHDOG=1" in seen and "STOPPING=1" in seen
     assert any(m.startswith("STATUS=") for m in seen)
+
+
+def test_a_missing_label_catalogue_is_one_clear_line(
+    tmp_path: Path, agents: list[AgentProcess]
+) -> None:
+    labels = tmp_path / "models" / "labels"
+    labels.mkdir(parents=True)
+    (labels / "coco.csv").write_text("garbage\n")  # present but broken
+    agent = AgentProcess(tmp_path, base_config(tmp_path, 1883,
+                                               models={"dir": str(tmp_path / "models")})).start()
+    agents.append(agent)
+    assert agent.proc is not None
+    assert agent.proc.wait(20) == 78, agent.log
+    assert "label catalogue:" in agent.log and "coco.csv" in agent.log
+    assert "Traceback" not in agent.log
