@@ -6,14 +6,14 @@ import json
 import sys
 import threading
 import time
+import uuid
 from datetime import datetime
 from typing import Any, TextIO
 
 import paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion
 
 from agent.config import AgentConfig, read_mqtt_password
-from agent.mqtt.link import describe_connect_error
+from agent.mqtt.link import describe_connect_error, paho_client
 
 
 def _clock() -> str:
@@ -104,15 +104,8 @@ def tail(config: AgentConfig, raw: bool = False, count: int | None = None,
         if count is not None and seen >= count:
             done.set()
 
-    client = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv311)
-    if config.mqtt.username:
-        client.username_pw_set(config.mqtt.username, read_mqtt_password(config.mqtt))
-    if config.mqtt.tls.enabled:
-        tls = config.mqtt.tls
-        client.tls_set(ca_certs=str(tls.ca_file) if tls.ca_file else None,
-                       certfile=str(tls.cert_file) if tls.cert_file else None,
-                       keyfile=str(tls.key_file) if tls.key_file else None)
-        client.tls_insecure_set(not tls.check_hostname)
+    client = paho_client(config.mqtt, f"edge-agent-tail-{uuid.uuid4().hex[:8]}",
+                         read_mqtt_password(config.mqtt))
     client.on_connect = on_connect
     client.on_message = on_message
     try:

@@ -21,18 +21,16 @@ from __future__ import annotations
 import json
 import logging
 import re
-import ssl
 import threading
 import time
 from collections.abc import Callable
 from typing import Any
 
 import paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion
 
 from agent import __version__
 from agent.config import AgentConfig
-from agent.mqtt.link import Topics
+from agent.mqtt.link import Topics, paho_client
 from agent.sources.base import SourceState
 from agent.sources.camera import CameraConfig
 from agent.sources.config import SyntheticConfig
@@ -208,21 +206,9 @@ class DiscoveryAnnouncer:
 
 def _connect(config: AgentConfig, password: str | None, timeout: float) -> mqtt.Client:
     cfg = config.mqtt
-    protocol = mqtt.MQTTv5 if cfg.protocol == "5" else mqtt.MQTTv311
     base = cfg.client_id or f"edge-agent-{config.device.id}"
     # Its own client id: reusing the agent's would disconnect a running agent.
-    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"{base}-ha-remove",
-                         protocol=protocol)
-    if cfg.username is not None:
-        client.username_pw_set(cfg.username, password)
-    if cfg.tls.enabled:
-        client.tls_set(
-            ca_certs=str(cfg.tls.ca_file) if cfg.tls.ca_file else None,
-            certfile=str(cfg.tls.cert_file) if cfg.tls.cert_file else None,
-            keyfile=str(cfg.tls.key_file) if cfg.tls.key_file else None,
-            cert_reqs=ssl.CERT_REQUIRED,
-        )
-        client.tls_insecure_set(not cfg.tls.check_hostname)
+    client = paho_client(cfg, f"{base}-ha-remove", password)
     connected = threading.Event()
     refused: list[str] = []
 

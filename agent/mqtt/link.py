@@ -83,6 +83,31 @@ class _Direct:
     retain: bool
 
 
+def paho_client(config: MqttConfig, client_id: str, password: str | None) -> mqtt.Client:
+    """A paho client set up from ``mqtt:``: protocol, clean session, credentials, TLS.
+
+    Every client of the agent's (delivery, ``tail``, Home Assistant removal) is made here, so
+    TLS and hostname checking behave the same everywhere.
+    """
+    protocol = mqtt.MQTTv5 if config.protocol == "5" else mqtt.MQTTv311
+    kwargs: dict[str, Any] = {"client_id": client_id, "protocol": protocol}
+    if protocol == mqtt.MQTTv311:
+        kwargs["clean_session"] = True
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, **kwargs)
+    if config.username is not None:
+        client.username_pw_set(config.username, password)
+    if config.tls.enabled:
+        tls = config.tls
+        client.tls_set(
+            ca_certs=str(tls.ca_file) if tls.ca_file else None,
+            certfile=str(tls.cert_file) if tls.cert_file else None,
+            keyfile=str(tls.key_file) if tls.key_file else None,
+            cert_reqs=ssl.CERT_REQUIRED,
+        )
+        client.tls_insecure_set(not tls.check_hostname)
+    return client
+
+
 def backoff_delay(attempt: int, low: float, high: float, rng: random.Random) -> float:
     """Exponential backoff with equal jitter: half fixed, half random, capped at ``high``."""
     ceiling = min(high, low * (2 ** min(attempt, 30)))
@@ -233,25 +258,10 @@ class MqttLink:
     # -- network thread -------------------------------------------------------------------
 
     def _new_client(self) -> mqtt.Client:
-        cfg = self._config
-        protocol = mqtt.MQTTv5 if cfg.protocol == "5" else mqtt.MQTTv311
-        kwargs: dict[str, Any] = {"client_id": self.client_id, "protocol": protocol}
-        if protocol == mqtt.MQTTv311:
-            kwargs["clean_session"] = True
-        client = mqtt.Client(CallbackAPIVersion.VERSION2, **kwargs)
-        client.max_inflight_messages_set(cfg.max_inflight)
+        client = paho_client(self._config, self.client_id, self._password)
+        client.max_inflight_messages_set(self._config.max_inflight)
         client.max_queued_messages_set(0)
         client.will_set(self.topics.status, OFFLINE, qos=1, retain=True)
-        if cfg.username is not None:
-            client.username_pw_set(cfg.username, self._password)
-        if cfg.tls.enabled:
-            client.tls_set(
-                ca_certs=str(cfg.tls.ca_file) if cfg.tls.ca_file else None,
-                certfile=str(cfg.tls.cert_file) if cfg.tls.cert_file else None,
-                keyfile=str(cfg.tls.key_file) if cfg.tls.key_file else None,
-                cert_reqs=ssl.CERT_REQUIRED,
-            )
-            client.tls_insecure_set(not cfg.tls.check_hostname)
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_publish = self._on_publish
