@@ -3,6 +3,7 @@ and what an operator sees with `edge-agent tail`."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import subprocess
 import sys
@@ -119,3 +120,35 @@ def test_tail_prints_readable_lines(tmp_path: Path, broker: Broker) -> None:
     assert any("status online (retained)" in line for line in lines), lines
     event_lines = [line for line in lines if " event  s1 " in line]
     assert event_lines and "person (사람)" in event_lines[0] and "seq " in event_lines[0]
+
+
+def test_media_on_their_own_topic(tmp_path: Path, broker: Broker, recorder: Any) -> None:
+    sound = REPO / "demo" / "sounds.wav"
+    if not sound.is_file():
+        subprocess.run([sys.executable, str(REPO / "scripts" / "make_demo_media.py")],
+                       check=True, capture_output=True)
+    rec = recorder("edge-agent/test-edge/#")
+    config = base_config(tmp_path, broker.port, mqtt={"media_transport": "topic"},
+                         microphones=[{"id": "mic", "file": str(sound), "realtime": False,
+                                       "listen": ["siren"]}])
+    agent = AgentProcess(tmp_path, config).start()
+    try:
+        def with_clip(ms: list[Any]) -> list[dict[str, Any]]:
+            return [e for e in events_of(ms, "mic") if e.get("audio")]
+
+        assert rec.wait_for(lambda ms: bool(with_clip(ms)), 60), agent.log
+    finally:
+        assert agent.stop() == 0
+    event = with_clip(rec.messages)[0]
+    clip = event["audio"]
+    assert clip["data"] is None and clip["topic"] == f"media/mic/{event['id']}/clip"
+    topics = [m.topic for m in rec.messages]
+    media_topic = f"edge-agent/test-edge/{clip['topic']}"
+    assert media_topic in topics
+    # The bytes arrive first, so a consumer that sees the event can fetch them.
+    event_at = next(i for i, m in enumerate(rec.messages)
+                    if m.topic.endswith("/events/mic") and clip["topic"].encode() in m.payload)
+    assert topics.index(media_topic) < event_at
+    blob = next(m.payload for m in rec.messages if m.topic == media_topic)
+    assert blob[:4] == b"RIFF" and len(blob) == clip["bytes"]
+    assert hashlib.sha256(blob).hexdigest() == clip["sha256"]
