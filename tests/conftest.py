@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.agent_process import AgentProcess
 from tests.broker import MOSQUITTO, Broker, Recorder
 
 
@@ -34,3 +35,12 @@ def recorder(broker: Broker) -> Iterator[Callable[..., Recorder]]:
     yield make
     for r in made:
         r.close()
+
+
+@pytest.fixture
+def agents() -> Iterator[list[AgentProcess]]:
+    """Agent processes a test starts; any still running are killed afterwards."""
+    made: list[AgentProcess] = []
+    yield made
+    for agent in made:
+        agent.close()

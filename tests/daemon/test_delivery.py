@@ -7,24 +7,13 @@ import json
 import signal
 import socket
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
-
-import pytest
 
 from tests.agent_process import AgentProcess, base_config, events_of
 from tests.broker import Broker, Recorder
 
 TOPIC = "edge-agent/test-edge/#"
-
-
-@pytest.fixture
-def agents() -> Iterator[list[AgentProcess]]:
-    made: list[AgentProcess] = []
-    yield made
-    for agent in made:
-        agent.close()
 
 
 def synthetic(rate: float, count: int | None = None, sid: str = "s1") -> list[dict[str, Any]]:

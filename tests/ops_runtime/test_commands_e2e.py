@@ -5,12 +5,10 @@ from __future__ import annotations
 import json
 import random
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import psutil
-import pytest
 
 from agent import __version__
 from tests.agent_process import AgentProcess, base_config, events_of
@@ -19,14 +17,6 @@ from tests.broker import Broker, Recorder
 BASE = "edge-agent/test-edge"
 RULE = {"id": "burst", "name": "Burst", "window_seconds": 0.5, "min_events": 3,
         "group_by": "label_id", "include_label_ids": ["person"]}
-
-
-@pytest.fixture
-def agents() -> Iterator[list[AgentProcess]]:
-    made: list[AgentProcess] = []
-    yield made
-    for agent in made:
-        agent.close()
 
 
 def stats_of(rec: Recorder) -> list[dict[str, Any]]:
