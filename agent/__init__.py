@@ -1,3 +1,3 @@
 """edge-agent: cameras and microphones to events, composite events and MQTT, durably."""
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"

@@ -1,21 +1,17 @@
-"""The durable outbox: a bounded disk queue on diskcache (SQLite) between producers and MQTT.
+"""The durable outbox: a bounded disk queue (SQLite) between producers and MQTT.
 
 Every message is committed to SQLite before ``put`` returns and is deleted only by ``ack``,
 so a crash (``kill -9``, reboot) repeats at most what was in flight and never loses what was
 stored. Order is kept per stream (usually the source id); ``claim`` serves streams
 round-robin so one stream's backlog does not hold back the others.
 
-Layout inside the diskcache store:
-
-- integer keys (1, 2, 3, ...) are messages; a value is ``_HEADER`` + kind + topic + stream +
-  payload as one ``bytes``, which diskcache stores raw in its SQLite row (``disk_min_file_size``
-  is huge, so no value goes to a side file outside SQLite's atomic, synced commit);
-- the string key ``_COUNTERS_KEY`` holds the counters (JSON), written in the same transaction
-  as every drop, so drop counts survive restarts exactly.
-
-An in-memory index (rebuilt on open by reading each row once) keeps ``claim``, bounds and TTL
-from scanning the database, and recently put payloads stay in memory (bounded) so live
-delivery does not read back what it has just written.
+The file is ``outbox.db`` (see ``agent.outbox.db``): a row per message, and the counters
+(JSON) in a row of their own, written in the same transaction as every drop so that drop
+counts survive restarts exactly. A ``cache.db`` left by version 0.1 (diskcache) is moved
+into it on open. An in-memory index (rebuilt on open from the rows' metadata, without
+reading the payloads) keeps ``claim``, bounds and TTL from scanning the database, and
+recently put messages stay in memory (bounded) so live delivery does not read back what it
+has just written.
 """
 
 from __future__ import annotations
@@ -27,7 +23,7 @@ import json
 import logging
 import shutil
 import sqlite3
-import struct
+import sys
 import threading
 from bisect import insort
 from collections import OrderedDict, deque
@@ -36,28 +32,26 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, NamedTuple
 
-import diskcache
-
 from agent.clock import Clock, SystemClock
+from agent.outbox import db as dbfile
 from agent.outbox.config import OutboxConfig
+from agent.outbox.db import NewRow, OutboxDb
 
 logger = logging.getLogger(__name__)
 
 DROP_REASONS = ("full_drop_oldest", "full_reject_new", "max_events", "ttl", "too_large")
 """Keys of ``OutboxStats.drops``: why a message was dropped or refused."""
 
-_COUNTERS_KEY = "outbox:counters"
 _LOCK_NAME = "outbox.lock"
-# version, wall time of put, flags (bit 0: retain), len(kind), len(topic), len(stream)
-_HEADER = struct.Struct("<BdBBHH")
-_VERSION = 1
+# What one message counts against max_bytes besides its strings and payload: about what its
+# row costs SQLite (rowid, header, ts, flags), so tiny messages are not counted as free.
+_ROW_OVERHEAD = 24
 # Payloads kept in memory after put so that live delivery does not read them back.
 _RECENT_BYTES = 8 * 1024 * 1024
 # Counters that change on every message (enqueued, acked) are written at most this often
 # (seconds); drops are written with the transaction that drops.
 _COUNTER_FLUSH_S = 1.0
-# Values up to this size live inside SQLite rows (covered by the commit), i.e. all of them.
-_INLINE_LIMIT = 1 << 62
+_DB_ERRORS = (sqlite3.Error, OSError)
 
 
 @dataclass(frozen=True)
@@ -142,7 +136,7 @@ class _Plan:
 
     drops: list[tuple[int, str]] = field(default_factory=list)
     shed_drop: list[int] = field(default_factory=list)
-    shed_rewrite: dict[int, bytes] = field(default_factory=dict)
+    shed_rewrite: dict[int, tuple[bytes, int]] = field(default_factory=dict)  # payload, size
     not_sheddable: list[int] = field(default_factory=list)  # events with nothing to strip
 
     def __bool__(self) -> bool:
@@ -152,34 +146,9 @@ class _Plan:
 _NO_PLAN = _Plan()  # shared: nothing to do (never modified)
 
 
-def _encode(message: OutboxMessage, ts: float) -> bytes:
-    kind = message.kind.encode()
-    topic = message.topic.encode()
-    stream = message.stream.encode()
-    if len(kind) > 0xFF or len(topic) > 0xFFFF or len(stream) > 0xFFFF:
-        raise ValueError("outbox message: kind, topic or stream too long")
-    header = _HEADER.pack(_VERSION, ts, 1 if message.retain else 0, len(kind), len(topic),
-                          len(stream))
-    return b"".join((header, kind, topic, stream, message.payload))
-
-
-def _decode(value: bytes) -> tuple[OutboxMessage, float]:
-    version, ts, flags, n_kind, n_topic, n_stream = _HEADER.unpack_from(value)
-    if version != _VERSION:
-        raise ValueError(f"unknown record version {version}")
-    i = _HEADER.size
-    kind = value[i : i + n_kind].decode()
-    i += n_kind
-    topic = value[i : i + n_topic].decode()
-    i += n_topic
-    stream = value[i : i + n_stream].decode()
-    i += n_stream
-    message = OutboxMessage(topic, value[i:], stream, kind, bool(flags & 1))
-    return message, ts
-
-
-def _record_size(message: OutboxMessage) -> int:
-    return (_HEADER.size + len(message.kind.encode()) + len(message.topic.encode())
+def _size(message: OutboxMessage) -> int:
+    """Bytes a message counts against ``max_bytes``."""
+    return (_ROW_OVERHEAD + len(message.kind.encode()) + len(message.topic.encode())
             + len(message.stream.encode()) + len(message.payload))
 
 
@@ -241,7 +210,7 @@ class Outbox:
         self._counters_dirty = False
         self._counters_flushed = self._clock.monotonic()
         self._warned_full: float | None = None
-        self._cache = self._open()
+        self._db = self._open()
         try:
             self._load()
         except BaseException:
@@ -252,8 +221,6 @@ class Outbox:
 
     def _error(self, action: str, exc: BaseException) -> OutboxError:
         cause = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
-        if isinstance(exc, diskcache.Timeout):
-            cause = "database is locked (another process holds it)"
         name = getattr(exc, "sqlite_errorname", None)
         if name:
             cause = f"{cause} ({name})"
@@ -264,7 +231,7 @@ class Outbox:
                 cause = f"{cause}; {free / 1e6:.1f} MB free on its file system"
         return OutboxError(f"outbox {self._path}: cannot {action}: {cause}")
 
-    def _open(self) -> diskcache.Cache:
+    def _open(self) -> OutboxDb:
         try:
             self._path.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
@@ -285,58 +252,60 @@ class Outbox:
             raise self._error("lock", exc) from exc
         self._lockfile = lockfile
         try:
-            return diskcache.Cache(
-                str(self._path),
-                timeout=10,
-                eviction_policy="none",
-                statistics=False,
-                tag_index=False,
-                size_limit=1 << 62,
-                cull_limit=0,
-                disk_min_file_size=_INLINE_LIMIT,
-                sqlite_synchronous=2 if self._config.durability == "full" else 1,
-                # No page shuffling on every delete commit: freed pages are reused, and the
-                # file never grows past what max_bytes allows anyway.
-                sqlite_auto_vacuum=0,
-                # Every producer thread gets its own connection; keep each page cache small.
-                sqlite_cache_size=1024,
-            )
-        except (sqlite3.Error, OSError, diskcache.Timeout) as exc:
+            return OutboxDb(self._path, self._config.durability)
+        except _DB_ERRORS as exc:
             self._release_resources()
             raise self._error("open", exc) from exc
 
     def _load(self) -> None:
         """Rebuild the index from the rows; everything not acked becomes claimable again."""
-        cache = self._cache
+        if (self._path / dbfile.LEGACY_FILE).exists():
+            self._migrate()
         try:
-            text = cache.get(_COUNTERS_KEY)
-            if isinstance(text, str):
+            text = self._db.counters()
+            if text is not None:
                 self._counters = _Counters.from_json(text)
             last = 0
-            for key in cache.iterkeys():
-                if not isinstance(key, int):
-                    continue
-                value = cache.get(key)
-                if not isinstance(value, bytes):
-                    continue
-                try:
-                    message, ts = _decode(value)
-                except (ValueError, struct.error, UnicodeDecodeError) as exc:
-                    logger.error("outbox %s: message %d is unreadable (%s); skipping it",
-                                 self._path, key, exc)
-                    continue
-                self._index(key, message, len(value), ts)
-                last = key
-        except (sqlite3.Error, OSError, diskcache.Timeout) as exc:
+            for row in self._db.rows():
+                # Interned: a backlog repeats a few stream names and kinds many times.
+                stream, kind = sys.intern(row.stream), sys.intern(row.kind)
+                size = (_ROW_OVERHEAD + len(kind.encode()) + len(row.topic.encode())
+                        + len(stream.encode()) + row.payload_size)
+                self._index(row.key, stream, kind, size, row.ts, row.sheddable)
+                last = row.key
+        except _DB_ERRORS as exc:
             raise self._error("read", exc) from exc
         self._counters.next_key = max(self._counters.next_key, last + 1)
         if self._meta:
             logger.info("outbox %s: %d messages (%d bytes) waiting from before",
                         self._path, len(self._meta), self._bytes)
 
-    def _index(self, key: int, message: OutboxMessage, size: int, ts: float) -> None:
-        sheddable = _maybe_sheddable(message)
-        self._meta[key] = _Meta(message.stream, size, ts, message.kind, sheddable)
+    def _migrate(self) -> None:
+        """Move the messages of an earlier version's diskcache store into this database."""
+        legacy = self._path / dbfile.LEGACY_FILE
+        try:
+            rows, counters, bad = dbfile.legacy_records(self._path)
+            with self._db.transaction():
+                # Keys are kept and existing ones skipped: a migration cut short by a crash
+                # is simply done again.
+                self._db.insert(rows, ignore_existing=True)
+                if counters is not None and self._db.counters() is None:
+                    self._db.set_counters(counters)
+            dbfile.remove_legacy(self._path)
+        except _DB_ERRORS as exc:
+            raise OutboxError(
+                f"outbox {self._path}: cannot move the messages of {legacy.name} (written by "
+                f"an earlier version) into {dbfile.FILE_NAME}: {exc}"
+            ) from exc
+        logger.info("outbox %s: moved %d waiting messages from %s into %s", self._path,
+                    len(rows), legacy.name, dbfile.FILE_NAME)
+        if bad:
+            logger.error("outbox %s: %d messages in %s were unreadable and are lost",
+                         self._path, bad, legacy.name)
+
+    def _index(self, key: int, stream: str, kind: str, size: int, ts: float, sheddable: bool
+               ) -> None:
+        self._meta[key] = _Meta(stream, size, ts, kind, sheddable)
         self._bytes += size
         if sheddable and self._config.on_full == "shed_images":
             self._sheddable.append(key)
@@ -344,7 +313,7 @@ class Outbox:
             head = self._sheddable
             while head[0] not in self._meta:
                 head.popleft()
-        self._make_ready(message.stream, key)
+        self._make_ready(stream, key)
 
     # ------------------------------------------------------------------ in-memory index
 
@@ -421,32 +390,34 @@ class Outbox:
             self._check_open()
             now = self._clock.time()
             self._expire_locked(now)
-            values = [_encode(m, now) for m in messages]
-            sizes = [len(v) for v in values]
-            total = sum(sizes)
-            plan = self._plan_room(total, len(messages))
+            sizes = [_size(m) for m in messages]
+            plan = self._plan_room(sum(sizes), len(messages))
             if plan is None:
                 return False
             count = len(messages)
             first = self._counters.next_key
+            rows = [
+                NewRow(first + i, now, m.stream, m.kind, m.topic, m.retain, _maybe_sheddable(m),
+                       m.payload)
+                for i, m in enumerate(messages)
+            ]
             flush = bool(plan) or self._flush_due()
             try:
                 if count == 1 and not flush:
-                    # The common case: one row, one diskcache transaction, counters later.
-                    self._cache.set(first, values[0])
+                    # The common case: one row, one statement, its own commit; counters later.
+                    self._db.insert(rows)
                     counters = self._counters
                 else:
                     counters = self._counters.copy()
                     self._count_plan(plan, counters)
                     counters.next_key += count
                     counters.enqueued += count
-                    with self._cache.transact():
+                    with self._db.transaction():
                         self._write_plan(plan)
-                        for i, value in enumerate(values):
-                            self._cache.set(first + i, value)
+                        self._db.insert(rows)
                         if flush:
-                            self._cache.set(_COUNTERS_KEY, counters.to_json())
-            except (sqlite3.Error, OSError, diskcache.Timeout) as exc:
+                            self._db.set_counters(counters.to_json())
+            except _DB_ERRORS as exc:
                 raise self._error("write", exc) from exc
             if counters is self._counters:
                 counters.next_key += count
@@ -459,10 +430,9 @@ class Outbox:
                 self._flushed()
             else:
                 self._counters_dirty = True
-            for i, message in enumerate(messages):
-                key = first + i
-                self._index(key, message, sizes[i], now)
-                self._remember(key, message)
+            for row, message, size in zip(rows, messages, sizes, strict=True):
+                self._index(row.key, message.stream, message.kind, size, now, row.sheddable)
+                self._remember(row.key, message)
             self._cond.notify_all()
             return True
 
@@ -505,34 +475,28 @@ class Outbox:
                         plan.not_sheddable.append(key)
                     else:
                         plan.shed_rewrite[key] = stripped
-                        over_bytes -= meta.size - len(stripped)
+                        over_bytes -= meta.size - stripped[1]
         for key in self._oldest_first(chosen):
             if over_bytes <= 0 and over_count <= 0:
                 break
             reason = "full_drop_oldest" if over_bytes > 0 else "max_events"
             plan.drops.append((key, reason))
             stripped = plan.shed_rewrite.pop(key, None)
-            over_bytes -= self._meta[key].size if stripped is None else len(stripped)
+            over_bytes -= self._meta[key].size if stripped is None else stripped[1]
             over_count -= 1
         return plan
 
-    def _stripped(self, key: int) -> bytes | None:
-        """The record of event ``key`` without inline media, or None if nothing to strip."""
+    def _stripped(self, key: int) -> tuple[bytes, int] | None:
+        """Event ``key``'s payload without inline media and its new size; None if nothing."""
         message = self._recent.get(key)
         if message is None:
-            value = self._cache.get(key)
-            if not isinstance(value, bytes):
+            message = self._read([key]).get(key)
+            if message is None:
                 return None
-            message, ts = _decode(value)
-        else:
-            ts = self._meta[key].ts
         payload = strip_inline_media(message.payload)
         if payload is None:
             return None
-        return _encode(
-            OutboxMessage(message.topic, payload, message.stream, message.kind, message.retain),
-            ts,
-        )
+        return payload, self._meta[key].size - len(message.payload) + len(payload)
 
     def _refuse(self, reason: str, count: int) -> None:
         self._counters.drops[reason] = self._counters.drops.get(reason, 0) + count
@@ -549,12 +513,11 @@ class Outbox:
 
     def _write_plan(self, plan: _Plan) -> None:
         """Inside a transaction: delete and rewrite the rows the plan names."""
-        for key, _ in plan.drops:
-            self._cache.delete(key)
-        for key in plan.shed_drop:
-            self._cache.delete(key)
-        for key, value in plan.shed_rewrite.items():
-            self._cache.set(key, value)
+        gone = [key for key, _ in plan.drops] + plan.shed_drop
+        if gone:
+            self._db.delete(gone)
+        for key, (payload, _) in plan.shed_rewrite.items():
+            self._db.replace_payload(key, payload)
 
     def _apply_plan(self, plan: _Plan) -> None:
         """After the commit: make the index agree with the rows."""
@@ -562,12 +525,12 @@ class Outbox:
             self._forget(key)
         for key in plan.shed_drop:
             self._forget(key)
-        for key, value in plan.shed_rewrite.items():
+        for key, (_, size) in plan.shed_rewrite.items():
             meta = self._meta.get(key)
             if meta is None:
                 continue
-            self._meta[key] = meta._replace(size=len(value), sheddable=False)
-            self._bytes += len(value) - meta.size
+            self._meta[key] = meta._replace(size=size, sheddable=False)
+            self._bytes += size - meta.size
             recent = self._recent.pop(key, None)
             if recent is not None:
                 self._recent_bytes -= len(recent.payload)
@@ -601,45 +564,54 @@ class Outbox:
 
     def claim(self, limit: int) -> list[tuple[int, OutboxMessage]]:
         """Take up to ``limit`` messages for delivery: per-stream FIFO, streams round-robin."""
-        out: list[tuple[int, OutboxMessage]] = []
         with self._lock:
             self._check_open()
             self._expire_locked(self._clock.time())
-            while len(out) < limit and self._rr:
+            keys: list[int] = []
+            while len(keys) < limit and self._rr:
                 stream, _ = self._rr.popitem(last=False)
                 ready = self._ready[stream]
-                key = ready.popleft()
+                keys.append(ready.popleft())
                 if ready:
                     self._rr[stream] = None  # to the back of the round
                 else:
                     del self._ready[stream]
-                message = self._recent.get(key)
+            recent = self._recent
+            missing = [key for key in keys if key not in recent]
+            try:
+                stored = self._read(missing) if missing else {}
+            except OutboxError:
+                # Put the keys back, in order, so nothing is lost from the index.
+                for key in reversed(keys):
+                    self._make_ready(self._meta[key].stream, key)
+                raise
+            out: list[tuple[int, OutboxMessage]] = []
+            for key in keys:
+                message = recent.get(key) or stored.get(key)
                 if message is None:
-                    message = self._read(key)
-                    if message is None:
-                        continue
+                    continue  # its row vanished: already logged and forgotten by _read
                 self._claimed.add(key)
                 out.append((key, message))
         return out
 
-    def _read(self, key: int) -> OutboxMessage | None:
+    def _read(self, keys: list[int]) -> dict[int, OutboxMessage]:
+        """Messages from the database (those no longer in memory), in one query."""
         try:
-            value = self._cache.get(key)
-        except (sqlite3.Error, OSError, diskcache.Timeout) as exc:
-            # Put the key back first so nothing is lost from the index.
-            meta = self._meta[key]
-            self._make_ready(meta.stream, key)
+            found = self._db.messages(keys)
+        except _DB_ERRORS as exc:
             raise self._error("read", exc) from exc
-        try:
-            if not isinstance(value, bytes):
-                raise ValueError("row missing")
-            return _decode(value)[0]
-        except (ValueError, struct.error, UnicodeDecodeError) as exc:
-            logger.error("outbox %s: message %d is unreadable (%s); dropping it",
-                         self._path, key, exc)
-            meta = self._meta.pop(key)
-            self._bytes -= meta.size
-            return None
+        out: dict[int, OutboxMessage] = {}
+        for key in keys:
+            row = found.get(key)
+            if row is None:
+                logger.error("outbox %s: message %d has no row; forgetting it", self._path, key)
+                meta = self._meta.pop(key, None)
+                if meta is not None:
+                    self._bytes -= meta.size
+                continue
+            topic, payload, stream, kind, retain = row
+            out[key] = OutboxMessage(topic, payload, stream, kind, retain)
+        return out
 
     def ack(self, keys: Iterable[int]) -> None:
         """Remove delivered messages, durably and in one transaction; unknown keys are ignored."""
@@ -651,16 +623,15 @@ class Outbox:
             flush = self._flush_due()
             try:
                 if len(known) == 1 and not flush:
-                    self._cache.delete(known[0])
+                    self._db.delete(known)
                 else:
                     counters = self._counters.copy()
                     counters.acked += len(known)
-                    with self._cache.transact():
-                        for key in known:
-                            self._cache.delete(key)
+                    with self._db.transaction():
+                        self._db.delete(known)
                         if flush:
-                            self._cache.set(_COUNTERS_KEY, counters.to_json())
-            except (sqlite3.Error, OSError, diskcache.Timeout) as exc:
+                            self._db.set_counters(counters.to_json())
+            except _DB_ERRORS as exc:
                 raise self._error("write", exc) from exc
             self._counters.acked += len(known)
             if flush:
@@ -717,11 +688,10 @@ class Outbox:
         counters = self._counters.copy()
         counters.drops["ttl"] = counters.drops.get("ttl", 0) + len(victims)
         try:
-            with self._cache.transact():
-                for key in victims:
-                    self._cache.delete(key)
-                self._cache.set(_COUNTERS_KEY, counters.to_json())
-        except (sqlite3.Error, OSError, diskcache.Timeout) as exc:
+            with self._db.transaction():
+                self._db.delete(victims)
+                self._db.set_counters(counters.to_json())
+        except _DB_ERRORS as exc:
             raise self._error("write", exc) from exc
         self._counters = counters
         self._flushed()
@@ -744,8 +714,8 @@ class Outbox:
 
     def _flush_counters(self) -> None:
         try:
-            self._cache.set(_COUNTERS_KEY, self._counters.to_json())
-        except (sqlite3.Error, OSError, diskcache.Timeout) as exc:
+            self._db.set_counters(self._counters.to_json())
+        except _DB_ERRORS as exc:
             raise self._error("write", exc) from exc
         self._flushed()
 
@@ -790,10 +760,10 @@ class Outbox:
                 self._cond.notify_all()
 
     def _release_resources(self) -> None:
-        cache = getattr(self, "_cache", None)
-        if cache is not None:
+        db = getattr(self, "_db", None)
+        if db is not None:
             with contextlib.suppress(Exception):
-                cache.close()
+                db.close()
         if self._lockfile is not None:
             with contextlib.suppress(OSError):
                 self._lockfile.close()

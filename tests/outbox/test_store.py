@@ -321,13 +321,17 @@ def test_unwritable_directory(tmp_path: Path) -> None:
         path.chmod(0o700)
 
 
-def test_not_a_database(tmp_path: Path) -> None:
+@pytest.mark.parametrize(("name", "error"), [
+    ("outbox.db", "cannot open"),
+    ("cache.db", "cannot move the messages of cache.db"),  # an earlier version's store
+])
+def test_not_a_database(tmp_path: Path, name: str, error: str) -> None:
     path = tmp_path / "outbox"
     path.mkdir()
-    (path / "cache.db").write_bytes(b"this is not sqlite" * 100)
-    with pytest.raises(OutboxError, match=f"outbox {path}: cannot open"):
+    (path / name).write_bytes(b"this is not sqlite" * 100)
+    with pytest.raises(OutboxError, match=f"outbox {path}: {error}.*file is not a database"):
         Outbox(OutboxConfig(path=path))
-    assert (path / "cache.db").read_bytes().startswith(b"this is not sqlite")  # left alone
+    assert (path / name).read_bytes().startswith(b"this is not sqlite")  # left alone
 
 
 def test_second_process_is_refused(tmp_path: Path) -> None:
