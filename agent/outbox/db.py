@@ -6,8 +6,10 @@ triggers that count rows; those cost about four page writes per commit and held 
 to about a fifth of raw SQLite's rate.) The metadata columns come before the payload so
 that opening a large backlog reads only the first page of each row.
 
-Callers serialise access: the connection is shared between threads, and ``Outbox`` holds
-its lock around every call.
+There are two connections. The writer is shared between threads and callers serialise its
+use. ``messages()`` goes through a read-only connection of its own: in WAL mode a reader is
+never blocked by a writer, so delivery can read a backlog while acknowledged messages are
+being deleted and committed (an fsync under ``durability: full``).
 """
 
 from __future__ import annotations
@@ -26,6 +28,8 @@ _COUNTERS = "counters"
 # After a checkpoint the WAL file is cut back to this size: a burst does not leave a large
 # -wal file on the card for the rest of the run.
 _WAL_LIMIT = 4 * 1024 * 1024
+# Page cache per connection (negative: KiB). Rows are read about once, so a small one does.
+_CACHE_KIB = -2048
 # SQLite's default limit on bound parameters in one statement is 32766; stay well under.
 _CHUNK = 500
 
@@ -82,11 +86,18 @@ class OutboxDb:
         # three); several statements go inside ``transaction()``.
         self._con = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False,
                                     timeout=10)
+        reader = None
         try:
             self._setup(durability)
+            reader = sqlite3.connect(f"{self.path.absolute().as_uri()}?mode=ro", uri=True,
+                                     isolation_level=None, check_same_thread=False, timeout=10)
+            reader.execute(f"PRAGMA cache_size={_CACHE_KIB}")
         except BaseException:
+            if reader is not None:
+                reader.close()
             self._con.close()
             raise
+        self._reader = reader
 
     def _setup(self, durability: str) -> None:
         con = self._con
@@ -95,7 +106,7 @@ class OutboxDb:
             raise sqlite3.OperationalError(f"cannot switch to WAL (journal mode is {mode})")
         con.execute(f"PRAGMA synchronous={_SYNCHRONOUS[durability]}")
         con.execute(f"PRAGMA journal_size_limit={_WAL_LIMIT}")
-        con.execute("PRAGMA cache_size=-2048")  # KiB; rows are read once, at open
+        con.execute(f"PRAGMA cache_size={_CACHE_KIB}")
         version = con.execute("PRAGMA user_version").fetchone()[0]
         if version > SCHEMA_VERSION:
             raise sqlite3.DatabaseError(
@@ -123,12 +134,15 @@ class OutboxDb:
                             row[7])
 
     def messages(self, keys: Sequence[int]) -> dict[int, tuple[str, bytes, str, str, bool]]:
-        """(topic, payload, stream, kind, retain) of those ``keys`` that exist."""
+        """(topic, payload, stream, kind, retain) of those ``keys`` that exist.
+
+        Uses the read-only connection: one thread at a time, but alongside the writer.
+        """
         out: dict[int, tuple[str, bytes, str, str, bool]] = {}
         for i in range(0, len(keys), _CHUNK):
             chunk = keys[i : i + _CHUNK]
             marks = ",".join("?" * len(chunk))
-            for key, topic, payload, stream, kind, retain in self._con.execute(
+            for key, topic, payload, stream, kind, retain in self._reader.execute(
                 "SELECT id, topic, payload, stream, kind, retain FROM messages "
                 f"WHERE id IN ({marks})", chunk
             ):
@@ -139,9 +153,6 @@ class OutboxDb:
         """The counters' JSON text, None in a new database."""
         row = self._con.execute("SELECT value FROM state WHERE name = ?", (_COUNTERS,)).fetchone()
         return None if row is None else str(row[0])
-
-    def count(self) -> int:
-        return int(self._con.execute("SELECT count(*) FROM messages").fetchone()[0])
 
     # -- writing (each call commits unless inside transaction()) -------------------------
 
@@ -189,6 +200,7 @@ class OutboxDb:
         self._con.execute("INSERT OR REPLACE INTO state VALUES (?, ?)", (_COUNTERS, text))
 
     def close(self) -> None:
+        self._reader.close()
         self._con.close()
 
 

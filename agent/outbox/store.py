@@ -185,8 +185,13 @@ class Outbox:
     """A durable, bounded, per-stream FIFO queue of messages waiting for the broker.
 
     ``put``/``put_many`` may be called from any number of threads; one delivery thread calls
-    ``claim``, ``ack`` and ``release``. A message in flight (claimed, not yet acked or
-    released) is dropped to make room only when nothing else can be, and never by TTL.
+    ``claim`` and ``release``, and ``ack`` may run on another. A message in flight (claimed,
+    not yet acked or released) is dropped to make room only when nothing else can be, and
+    never by TTL.
+
+    Two locks: ``_lock`` guards the in-memory index and the read connection, ``_db_lock``
+    the write connection, always taken in that order. ``ack`` lets go of ``_lock`` while
+    its delete commits, so claiming and reading the backlog are not held up by the commit.
     """
 
     def __init__(self, config: OutboxConfig, clock: Clock | None = None) -> None:
@@ -194,6 +199,7 @@ class Outbox:
         self._clock: Clock = clock or SystemClock()
         self._path = Path(config.path)
         self._lock = threading.Lock()
+        self._db_lock = threading.Lock()
         self._cond = threading.Condition(self._lock)
         self._closed = False
         self._meta: OrderedDict[int, _Meta] = OrderedDict()
@@ -201,6 +207,9 @@ class Outbox:
         # Streams with something ready, in serving order (an ordered set).
         self._rr: OrderedDict[str, None] = OrderedDict()
         self._claimed: set[int] = set()
+        # Claimed keys whose rows ``ack`` is deleting right now: key -> size, and the total.
+        self._acking: dict[int, int] = {}
+        self._acking_bytes = 0
         self._sheddable: deque[int] = deque()
         self._recent: OrderedDict[int, OutboxMessage] = OrderedDict()
         self._recent_bytes = 0
@@ -369,7 +378,7 @@ class Outbox:
             if key not in self._claimed and key not in skip:
                 yield key
         for key in sorted(self._claimed):
-            if key not in skip:
+            if key not in skip and key not in self._acking:
                 yield key
 
     # ------------------------------------------------------------------ writing
@@ -403,20 +412,22 @@ class Outbox:
             ]
             flush = bool(plan) or self._flush_due()
             try:
-                if count == 1 and not flush:
-                    # The common case: one row, one statement, its own commit; counters later.
-                    self._db.insert(rows)
-                    counters = self._counters
-                else:
-                    counters = self._counters.copy()
-                    self._count_plan(plan, counters)
-                    counters.next_key += count
-                    counters.enqueued += count
-                    with self._db.transaction():
-                        self._write_plan(plan)
+                with self._db_lock:
+                    if count == 1 and not flush:
+                        # The common case: one row, one statement, its own commit;
+                        # counters later.
                         self._db.insert(rows)
-                        if flush:
-                            self._db.set_counters(counters.to_json())
+                        counters = self._counters
+                    else:
+                        counters = self._counters.copy()
+                        self._count_plan(plan, counters)
+                        counters.next_key += count
+                        counters.enqueued += count
+                        with self._db.transaction():
+                            self._write_plan(plan)
+                            self._db.insert(rows)
+                            if flush:
+                                self._db.set_counters(counters.to_json())
             except _DB_ERRORS as exc:
                 raise self._error("write", exc) from exc
             if counters is self._counters:
@@ -442,13 +453,14 @@ class Outbox:
         if add_bytes > config.max_bytes:
             self._refuse("too_large", add_count)
             return None
-        over_bytes = self._bytes + add_bytes - config.max_bytes
+        # Messages being acknowledged are as good as gone: their delete commits before ours.
+        over_bytes = self._bytes - self._acking_bytes + add_bytes - config.max_bytes
         over_count = 0
         if config.max_events is not None:
             if add_count > config.max_events:
                 self._refuse("max_events", add_count)
                 return None
-            over_count = len(self._meta) + add_count - config.max_events
+            over_count = len(self._meta) - len(self._acking) + add_count - config.max_events
         if over_bytes <= 0 and over_count <= 0:
             return _NO_PLAN
         plan = _Plan()
@@ -462,7 +474,7 @@ class Outbox:
                 if over_bytes <= 0 and over_count <= 0:
                     break
                 meta = self._meta.get(key)
-                if meta is None or not meta.sheddable:
+                if meta is None or not meta.sheddable or key in self._acking:
                     continue
                 if meta.kind == "media":
                     plan.shed_drop.append(key)
@@ -614,30 +626,49 @@ class Outbox:
         return out
 
     def ack(self, keys: Iterable[int]) -> None:
-        """Remove delivered messages, durably and in one transaction; unknown keys are ignored."""
+        """Remove delivered messages, durably and in one transaction; unknown keys are ignored.
+
+        The delete commits while ``_lock`` is free, so ``claim`` and ``put`` (which then
+        counts these messages as gone) go on meanwhile; ``_db_lock`` is taken before
+        ``_lock`` is let go, so no other write can come in between.
+        """
         with self._lock:
             self._check_open()
-            known = [k for k in keys if k in self._meta]
+            known = [k for k in keys if k in self._meta and k not in self._acking]
             if not known:
                 return
-            flush = self._flush_due()
-            try:
-                if len(known) == 1 and not flush:
-                    self._db.delete(known)
-                else:
-                    counters = self._counters.copy()
-                    counters.acked += len(known)
-                    with self._db.transaction():
-                        self._db.delete(known)
-                        if flush:
-                            self._db.set_counters(counters.to_json())
-            except _DB_ERRORS as exc:
-                raise self._error("write", exc) from exc
+            for key in known:
+                size = self._acking[key] = self._meta[key].size
+                self._acking_bytes += size
+            # Counted now, so that a close() during the commit writes the right total.
             self._counters.acked += len(known)
-            if flush:
-                self._flushed()
-            else:
+            counters = self._counters.to_json() if self._flush_due() else None
+            if counters is None:
                 self._counters_dirty = True
+            else:
+                self._flushed()
+            self._db_lock.acquire()
+        error: BaseException | None = None
+        try:
+            if len(known) == 1 and counters is None:
+                self._db.delete(known)
+            else:
+                with self._db.transaction():
+                    self._db.delete(known)
+                    if counters is not None:
+                        self._db.set_counters(counters)
+        except _DB_ERRORS as exc:
+            error = exc
+        finally:
+            self._db_lock.release()
+        with self._lock:
+            for key in known:
+                self._acking_bytes -= self._acking.pop(key)
+            if error is not None:
+                # Still stored and still claimed: sent again after the next restart.
+                self._counters.acked -= len(known)
+                self._counters_dirty = True
+                raise self._error("write", error) from error
             for key in known:
                 self._forget(key)
 
@@ -646,7 +677,7 @@ class Outbox:
         with self._lock:
             released = False
             for key in sorted(keys, reverse=True):
-                if key in self._claimed:
+                if key in self._claimed and key not in self._acking:
                     self._claimed.discard(key)
                     self._make_ready(self._meta[key].stream, key)
                     released = True
@@ -688,7 +719,7 @@ class Outbox:
         counters = self._counters.copy()
         counters.drops["ttl"] = counters.drops.get("ttl", 0) + len(victims)
         try:
-            with self._db.transaction():
+            with self._db_lock, self._db.transaction():
                 self._db.delete(victims)
                 self._db.set_counters(counters.to_json())
         except _DB_ERRORS as exc:
@@ -714,7 +745,8 @@ class Outbox:
 
     def _flush_counters(self) -> None:
         try:
-            self._db.set_counters(self._counters.to_json())
+            with self._db_lock:
+                self._db.set_counters(self._counters.to_json())
         except _DB_ERRORS as exc:
             raise self._error("write", exc) from exc
         self._flushed()
@@ -762,7 +794,7 @@ class Outbox:
     def _release_resources(self) -> None:
         db = getattr(self, "_db", None)
         if db is not None:
-            with contextlib.suppress(Exception):
+            with self._db_lock, contextlib.suppress(Exception):
                 db.close()
         if self._lockfile is not None:
             with contextlib.suppress(OSError):
