@@ -20,6 +20,7 @@ import select
 import socket
 import ssl
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -39,6 +40,14 @@ OFFLINE = b"offline"
 STOPPED = b"stopped"
 
 MessageHandler = Callable[[str, bytes], None]
+
+# Acknowledged keys are gathered for up to this long (seconds) and removed in one commit.
+# During a backlog drain that is a commit per ~100 messages instead of per ~20, which frees
+# the CPU the drain needs; the price is that after a kill -9 the messages acknowledged in
+# those last milliseconds are sent again, like those in flight (same ids).
+ACK_GATHER_S = 0.005
+# ... but no more keys than this in one commit.
+ACK_GATHER_MAX = 1000
 
 
 class Topics:
@@ -411,9 +420,10 @@ class MqttLink:
             if item is None:
                 break
             batch, taken = list(item), 1
-            while True:
+            end = time.monotonic() + ACK_GATHER_S  # real time: this is a queue timeout
+            while len(batch) < ACK_GATHER_MAX:
                 try:
-                    more = self._ack_queue.get_nowait()
+                    more = self._ack_queue.get(timeout=max(0.0, end - time.monotonic()))
                 except queue.Empty:
                     break
                 if more is None:
