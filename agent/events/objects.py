@@ -39,7 +39,6 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Annotated, Literal
 
-import cv2
 import numpy as np
 import numpy.typing as npt
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
@@ -61,6 +60,9 @@ from agent.events.schema import (
 )
 from agent.events.tracking import Track, Tracker, TrackingConfig
 from agent.inference.detections import Detections
+
+# cv2 is imported where images are drawn and shrunk, not here: agent.config imports this
+# module (through CameraConfig), and an agent without cameras should not load OpenCV.
 
 logger = logging.getLogger(__name__)
 
@@ -208,6 +210,8 @@ class Overlay:
 
 def draw_overlay(image: npt.NDArray[np.uint8], overlay: Overlay) -> npt.NDArray[np.uint8]:
     """A copy of ``image`` with the overlay drawn; sizes scale with the image."""
+    import cv2
+
     out = image.copy()
     w = out.shape[1]
     line = max(1, round(w / 480))
@@ -531,6 +535,8 @@ class ObjectProcessor:
         width = image.shape[1]
         if cfg.max_width is not None and width > cfg.max_width:
             # Shrink once, then draw at the final size so captions stay legible.
+            import cv2
+
             scale = cfg.max_width / width
             image = np.asarray(cv2.resize(image, (cfg.max_width,
                                                   max(1, round(image.shape[0] * scale))),

@@ -23,11 +23,13 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import cv2
 import numpy as np
 import numpy.typing as npt
 
 from agent.inference.detections import Detections, FloatArray
+
+# cv2 is imported inside nms, not here: agent.config imports the detector (for its model
+# config), which imports this module, and an agent without cameras should not load OpenCV.
 
 logger = logging.getLogger(__name__)
 
@@ -171,6 +173,8 @@ def nms(
     detections: Detections, iou_threshold: float, max_detections: int = MAX_DETECTIONS
 ) -> Detections:
     """Class-aware non-maximum suppression; the result is sorted by confidence, best first."""
+    import cv2
+
     if len(detections) == 0:
         return detections
     if len(detections) > MAX_CANDIDATES:

@@ -10,9 +10,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import cv2
 import numpy as np
 import numpy.typing as npt
+
+# cv2 is imported inside letterbox, not here: agent.config imports the detector (for its
+# model config), which imports this module, and an agent without cameras should not load
+# OpenCV.
 
 PAD_VALUE = 114
 """Grey the YOLO models saw around letterboxed training images."""
@@ -55,6 +58,8 @@ def letterbox(
 
     Returns the padded image and the mapping needed by ``unletterbox_boxes``.
     """
+    import cv2
+
     box = letterbox_geometry(frame.shape, size)
     dst_w, dst_h = size
     src_h, src_w = box.orig_shape

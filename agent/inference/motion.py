@@ -11,10 +11,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-import cv2
 import numpy as np
 import numpy.typing as npt
 from pydantic import BaseModel, ConfigDict, Field
+
+# cv2 is imported inside MotionGate, not here: agent.config imports this module for
+# MotionConfig, and an agent without cameras should not load OpenCV.
 
 Polygon = Sequence[Sequence[float]]
 """Normalised ``[[x, y], ...]`` corners, 0..1 of the frame's width and height."""
@@ -73,6 +75,8 @@ class MotionGate:
         self._background = None
 
     def _prepare(self, shape: tuple[int, ...]) -> None:
+        import cv2
+
         height, width = shape[:2]
         small_w = min(self.config.width, width)
         small_h = max(1, round(height * small_w / width))
@@ -87,6 +91,8 @@ class MotionGate:
 
     def small_grey(self, frame_bgr: npt.NDArray[np.uint8]) -> npt.NDArray[np.uint8]:
         """The blurred grey thumbnail motion is computed on."""
+        import cv2
+
         if self._frame_shape != frame_bgr.shape:
             self._prepare(frame_bgr.shape)
         assert self._size is not None
@@ -97,6 +103,8 @@ class MotionGate:
 
     def update(self, frame_bgr: npt.NDArray[np.uint8]) -> MotionResult:
         """Compare ``frame_bgr`` with the background, then learn it into the background."""
+        import cv2
+
         grey = self.small_grey(frame_bgr)
         assert self._valid is not None
         if self._background is None:

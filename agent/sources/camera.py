@@ -40,7 +40,6 @@ from pathlib import Path
 from typing import Literal
 from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
 
-import cv2
 import numpy as np
 import numpy.typing as npt
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -51,6 +50,9 @@ from agent.events.tracking import TrackingConfig
 from agent.inference.motion import MotionConfig
 from agent.sources.base import SourceState, StateTracker
 from agent.sources.config import SourceCommon
+
+# cv2 is imported inside the readers, not here: agent.config imports this module for
+# CameraConfig, and an agent without cameras should not load OpenCV (~17 MB of RSS).
 
 logger = logging.getLogger(__name__)
 
@@ -351,6 +353,8 @@ class _OpenCvReader(_Reader):
     """Devices, RTSP, FFmpeg streams and video files through ``cv2.VideoCapture``."""
 
     def __init__(self, config: CameraConfig) -> None:
+        import cv2
+
         kind = config.camera_type
         timeout_ms = int(config.timeout_s * 1000)
         params: list[int] = []
@@ -420,6 +424,8 @@ class _FolderReader(_Reader):
         return self._index < len(self._files)
 
     def retrieve(self) -> npt.NDArray[np.uint8] | None:
+        import cv2
+
         path = self._files[self._index]
         image = cv2.imread(str(path), cv2.IMREAD_COLOR)
         if image is None:
@@ -580,6 +586,8 @@ class _MjpegReader(_Reader):
     def retrieve(self) -> npt.NDArray[np.uint8] | None:
         if not self._jpeg:
             return None
+        import cv2
+
         image = cv2.imdecode(np.frombuffer(self._jpeg, dtype=np.uint8), cv2.IMREAD_COLOR)
         return np.asarray(image, dtype=np.uint8) if image is not None else None
 
@@ -761,6 +769,8 @@ class CameraCapture:
     def _pump(self, reader: _Reader, timeline: float,
               wall_origin: float) -> tuple[str, int, float]:
         """Read frames until the end, a failure or stop: (outcome, delivered, timeline)."""
+        import cv2
+
         config = self.config
         finite = config.finite
         native = reader.native_fps or 25.0
