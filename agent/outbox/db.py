@@ -227,30 +227,42 @@ def _legacy_row(key: int, value: bytes) -> NewRow:
     return NewRow(key, ts, stream, kind, topic, bool(flags & 1), sheddable, payload)
 
 
-def legacy_records(directory: Path) -> tuple[list[NewRow], str | None, int]:
-    """Messages and counters of an earlier version's diskcache store in ``directory``.
+class LegacyStore:
+    """An earlier version's diskcache store in ``directory``, read with plain SQLite.
 
-    Returns (rows, counters JSON or None, number of unreadable records). Read with plain
-    SQLite: diskcache kept every value raw in its ``Cache`` table.
+    diskcache kept every value raw in its ``Cache`` table. The messages are read in batches,
+    so moving a full outbox (hundreds of MB) does not need that much memory.
     """
-    con = sqlite3.connect(directory / LEGACY_FILE, isolation_level=None)
-    try:
-        rows: list[NewRow] = []
-        counters: str | None = None
-        bad = 0
-        cursor = con.execute("SELECT key, value FROM Cache WHERE raw = 1 ORDER BY rowid")
-        for key, value in cursor:
-            if isinstance(key, int) and isinstance(value, bytes):
+
+    def __init__(self, directory: Path) -> None:
+        self._con = sqlite3.connect(directory / LEGACY_FILE, isolation_level=None)
+        self.unreadable = 0
+        """Records that could not be decoded (counted while ``batches`` runs)."""
+
+    def counters(self) -> str | None:
+        """The counters' JSON text, None if the store had none."""
+        row = self._con.execute("SELECT value FROM Cache WHERE key = ? AND raw = 1",
+                                (_LEGACY_COUNTERS_KEY,)).fetchone()
+        return row[0] if row is not None and isinstance(row[0], str) else None
+
+    def batches(self, size: int = _CHUNK) -> Iterator[list[NewRow]]:
+        """The messages, oldest first, ``size`` at a time."""
+        cursor = self._con.execute(
+            "SELECT key, value FROM Cache WHERE raw = 1 AND typeof(key) = 'integer' "
+            "ORDER BY key"
+        )
+        while chunk := cursor.fetchmany(size):
+            rows: list[NewRow] = []
+            for key, value in chunk:
                 try:
                     rows.append(_legacy_row(key, value))
-                except (ValueError, struct.error, UnicodeDecodeError):
-                    bad += 1
-            elif key == _LEGACY_COUNTERS_KEY and isinstance(value, str):
-                counters = value
-        rows.sort()
-        return rows, counters, bad
-    finally:
-        con.close()
+                except (ValueError, TypeError, struct.error, UnicodeDecodeError):
+                    self.unreadable += 1
+            if rows:
+                yield rows
+
+    def close(self) -> None:
+        self._con.close()
 
 
 def remove_legacy(directory: Path) -> None:

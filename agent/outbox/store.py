@@ -291,26 +291,34 @@ class Outbox:
 
     def _migrate(self) -> None:
         """Move the messages of an earlier version's diskcache store into this database."""
-        legacy = self._path / dbfile.LEGACY_FILE
+        legacy_path = self._path / dbfile.LEGACY_FILE
+        moved = 0
         try:
-            rows, counters, bad = dbfile.legacy_records(self._path)
-            with self._db.transaction():
-                # Keys are kept and existing ones skipped: a migration cut short by a crash
-                # is simply done again.
-                self._db.insert(rows, ignore_existing=True)
+            legacy = dbfile.LegacyStore(self._path)
+            try:
+                counters = legacy.counters()
                 if counters is not None and self._db.counters() is None:
                     self._db.set_counters(counters)
+                # A commit per batch, keys kept and existing ones skipped: a migration cut
+                # short by a crash is simply done again.
+                for rows in legacy.batches():
+                    with self._db.transaction():
+                        self._db.insert(rows, ignore_existing=True)
+                    moved += len(rows)
+                unreadable = legacy.unreadable
+            finally:
+                legacy.close()
             dbfile.remove_legacy(self._path)
         except _DB_ERRORS as exc:
             raise OutboxError(
-                f"outbox {self._path}: cannot move the messages of {legacy.name} (written by "
-                f"an earlier version) into {dbfile.FILE_NAME}: {exc}"
+                f"outbox {self._path}: cannot move the messages of {legacy_path.name} (written "
+                f"by an earlier version) into {dbfile.FILE_NAME}: {exc}"
             ) from exc
-        logger.info("outbox %s: moved %d waiting messages from %s into %s", self._path,
-                    len(rows), legacy.name, dbfile.FILE_NAME)
-        if bad:
+        logger.info("outbox %s: moved %d waiting messages from %s into %s", self._path, moved,
+                    legacy_path.name, dbfile.FILE_NAME)
+        if unreadable:
             logger.error("outbox %s: %d messages in %s were unreadable and are lost",
-                         self._path, bad, legacy.name)
+                         self._path, unreadable, legacy_path.name)
 
     def _index(self, key: int, stream: str, kind: str, size: int, ts: float, sheddable: bool
                ) -> None:

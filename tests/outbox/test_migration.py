@@ -67,3 +67,23 @@ def test_a_migration_cut_short_is_done_again_without_duplicates(tmp_path: Path) 
         assert outbox.stats().depth == 4
         assert sorted(outbox.claim(10)) == sorted(OLD)
         assert not (path / "cache.db").exists()
+
+
+def test_a_large_store_moves_over_in_batches_and_bad_records_are_counted(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # More messages than one batch (500), in order, and one record that cannot be decoded.
+    caplog.set_level(logging.INFO, logger="agent.outbox")
+    path = tmp_path / "outbox"
+    cache = diskcache.Cache(str(path), eviction_policy="none", disk_min_file_size=1 << 62)
+    with cache, cache.transact():
+        for key in range(1, 1235):
+            payload = f'{{"n":{key}}}'.encode()
+            header = _HEADER.pack(1, 1_700_000_000.0, 0, 5, 11, 4)
+            cache.set(key, b"".join((header, b"event", b"events/cam1", b"cam1", payload)))
+        cache.set(5000, b"\x09not a record")
+    with Outbox(OutboxConfig(path=path)) as outbox:
+        assert "moved 1234 waiting messages" in caplog.text
+        assert "1 messages in cache.db were unreadable" in caplog.text
+        got = [json.loads(m.payload)["n"] for _, m in outbox.claim(2000)]
+        assert got == list(range(1, 1235))
