@@ -146,10 +146,10 @@ class _Plan:
 _NO_PLAN = _Plan()  # shared: nothing to do (never modified)
 
 
-def _size(message: OutboxMessage) -> int:
+def _size(kind: str, topic: str, stream: str, payload_size: int) -> int:
     """Bytes a message counts against ``max_bytes``."""
-    return (_ROW_OVERHEAD + len(message.kind.encode()) + len(message.topic.encode())
-            + len(message.stream.encode()) + len(message.payload))
+    return (_ROW_OVERHEAD + len(kind.encode()) + len(topic.encode()) + len(stream.encode())
+            + payload_size)
 
 
 def _maybe_sheddable(message: OutboxMessage) -> bool:
@@ -278,8 +278,7 @@ class Outbox:
             for row in self._db.rows():
                 # Interned: a backlog repeats a few stream names and kinds many times.
                 stream, kind = sys.intern(row.stream), sys.intern(row.kind)
-                size = (_ROW_OVERHEAD + len(kind.encode()) + len(row.topic.encode())
-                        + len(stream.encode()) + row.payload_size)
+                size = _size(kind, row.topic, stream, row.payload_size)
                 self._index(row.key, stream, kind, size, row.ts, row.sheddable)
                 last = row.key
         except _DB_ERRORS as exc:
@@ -407,7 +406,7 @@ class Outbox:
             self._check_open()
             now = self._clock.time()
             self._expire_locked(now)
-            sizes = [_size(m) for m in messages]
+            sizes = [_size(m.kind, m.topic, m.stream, len(m.payload)) for m in messages]
             plan = self._plan_room(sum(sizes), len(messages))
             if plan is None:
                 return False
