@@ -51,6 +51,14 @@ CREATE TABLE IF NOT EXISTS state (
 """
 
 
+def maybe_sheddable(kind: str, payload: bytes) -> bool:
+    """The ``sheddable`` column: a media message, or an event that may carry inline media.
+
+    A cheap test at put time; the JSON is parsed only when space is actually needed.
+    """
+    return kind == "media" or (kind == "event" and b'"data"' in payload)
+
+
 class StoredRow(NamedTuple):
     """A message row without its payload, as read when the outbox opens."""
 
@@ -59,7 +67,6 @@ class StoredRow(NamedTuple):
     stream: str
     kind: str
     topic: str
-    retain: bool
     sheddable: bool
     payload_size: int
 
@@ -126,12 +133,11 @@ class OutboxDb:
         """Every message without its payload, oldest first."""
         # length() of a BLOB comes from the row header: the payload's pages are not read.
         cursor = self._con.execute(
-            "SELECT id, ts, stream, kind, topic, retain, sheddable, length(payload) "
+            "SELECT id, ts, stream, kind, topic, sheddable, length(payload) "
             "FROM messages ORDER BY id"
         )
         for row in cursor:
-            yield StoredRow(row[0], row[1], row[2], row[3], row[4], bool(row[5]), bool(row[6]),
-                            row[7])
+            yield StoredRow(row[0], row[1], row[2], row[3], row[4], bool(row[5]), row[6])
 
     def messages(self, keys: Sequence[int]) -> dict[int, tuple[str, bytes, str, str, bool]]:
         """(topic, payload, stream, kind, retain) of those ``keys`` that exist.
@@ -223,8 +229,8 @@ def _legacy_row(key: int, value: bytes) -> NewRow:
     i += n_topic
     stream = value[i : i + n_stream].decode()
     payload = value[i + n_stream :]
-    sheddable = kind == "media" or (kind == "event" and b'"data"' in payload)
-    return NewRow(key, ts, stream, kind, topic, bool(flags & 1), sheddable, payload)
+    return NewRow(key, ts, stream, kind, topic, bool(flags & 1), maybe_sheddable(kind, payload),
+                  payload)
 
 
 class LegacyStore:

@@ -152,11 +152,6 @@ def _size(kind: str, topic: str, stream: str, payload_size: int) -> int:
             + payload_size)
 
 
-def _maybe_sheddable(message: OutboxMessage) -> bool:
-    # A cheap test at put time; the JSON is parsed only when space is actually needed.
-    return message.kind == "media" or (message.kind == "event" and b'"data"' in message.payload)
-
-
 def strip_inline_media(payload: bytes) -> bytes | None:
     """The event JSON with ``images[].data`` and ``audio.data`` set to null, or None if none."""
     try:
@@ -413,8 +408,8 @@ class Outbox:
             count = len(messages)
             first = self._counters.next_key
             rows = [
-                NewRow(first + i, now, m.stream, m.kind, m.topic, m.retain, _maybe_sheddable(m),
-                       m.payload)
+                NewRow(first + i, now, m.stream, m.kind, m.topic, m.retain,
+                       dbfile.maybe_sheddable(m.kind, m.payload), m.payload)
                 for i, m in enumerate(messages)
             ]
             flush = bool(plan) or self._flush_due()
