@@ -62,7 +62,8 @@ def cmd_tail(args: argparse.Namespace) -> int:
     from agent.tail import tail
 
     config = _load_or_exit(args.config)
-    return tail(config, raw=args.raw, count=args.count, timeout=args.timeout)
+    return tail(config, raw=args.raw, count=args.count, timeout=args.timeout,
+                save_media=args.save_media)
 
 
 def cmd_models_fetch(args: argparse.Namespace) -> int:
@@ -141,6 +142,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--raw", action="store_true", help="print topics and JSON payloads as is")
     p.add_argument("-n", "--count", type=int, help="exit after this many messages")
     p.add_argument("--timeout", type=float, help="exit after this many seconds")
+    p.add_argument("--save-media", type=Path, metavar="DIR",
+                   help="write each event's images and clips under DIR, named on its line")
     p.set_defaults(func=cmd_tail)
 
     models = sub.add_parser("models", help="model files").add_subparsers(dest="models_cmd",

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import base64
+import binascii
 import json
+import re
 import sys
 import threading
 import time
 import uuid
+from collections import OrderedDict
 from datetime import datetime
+from pathlib import Path
 from typing import Any, TextIO
 
 import paho.mqtt.client as mqtt
@@ -18,6 +23,83 @@ from agent.mqtt.link import describe_connect_error, paho_client
 
 def _clock() -> str:
     return datetime.now().strftime("%H:%M:%S")
+
+
+class MediaDirError(Exception):
+    """The ``--save-media`` folder cannot be created or written."""
+
+
+_EXTENSIONS = {"image/jpeg": "jpg", "image/png": "png", "audio/wav": "wav"}
+_UNSAFE = re.compile(r"[^A-Za-z0-9_.-]+")
+PENDING_MEDIA = 64
+"""Media that arrived on their own topic and wait for their event (it follows at once)."""
+
+
+class MediaSaver:
+    """Writes each event's images and clips under one folder, named after the printed line.
+
+    A file is ``HHMMSS-{source}-{label}-{phase}-{id8}-{role}.{ext}``: the time and the ``id``
+    are the ones on the event's line, so a person finds the picture of a line at a glance.
+    Media sent inline (base64 in the event) and media sent on their own topic (which arrive
+    just before their event) end up with the same names.
+    """
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        try:
+            root.mkdir(parents=True, exist_ok=True)
+            probe = root / f".write-test-{uuid.uuid4().hex[:8]}"
+            probe.write_bytes(b"")
+            probe.unlink()
+        except OSError as exc:
+            reason = exc.strerror or str(exc)
+            raise MediaDirError(f"cannot write media under {root}: {reason}") from exc
+        self.saved = 0
+        self.failed: str | None = None
+        self._pending: OrderedDict[str, bytes] = OrderedDict()
+
+    def hold(self, topic_rel: str, payload: bytes) -> None:
+        """Keep bytes from ``media/...`` until the event naming that topic arrives."""
+        self._pending[topic_rel] = payload
+        while len(self._pending) > PENDING_MEDIA:
+            self._pending.popitem(last=False)
+
+    def save_event(self, clock: str, source: str, event: dict[str, Any]) -> list[str]:
+        """Write the event's media; return the file names written."""
+        if self.failed:
+            return []
+        media = [*(event.get("images") or []), *([event["audio"]] if event.get("audio") else [])]
+        label = (event.get("label") or {}).get("id") or event.get("kind") or "event"
+        stem = "-".join(_UNSAFE.sub("_", str(part)) for part in (
+            clock.replace(":", ""), source, label, event.get("phase") or event.get("kind"),
+            str(event.get("id", ""))[:8]) if part)
+        names: list[str] = []
+        for item in media:
+            blob = self._blob(item)
+            if blob is None:
+                continue
+            ext = _EXTENSIONS.get(item.get("content_type", ""), "bin")
+            name = f"{stem}-{_UNSAFE.sub('_', str(item.get('role', 'media')))}.{ext}"
+            try:
+                (self.root / name).write_bytes(blob)
+            except OSError as exc:
+                # Once: a full disk must not turn every following line into an error.
+                self.failed = f"cannot write {self.root / name}: {exc.strerror or exc}"
+                print(f"tail: {self.failed}; no more media are saved", file=sys.stderr)
+                return names
+            self.saved += 1
+            names.append(name)
+        return names
+
+    def _blob(self, item: dict[str, Any]) -> bytes | None:
+        if item.get("data"):
+            try:
+                return base64.b64decode(item["data"], validate=True)
+            except (binascii.Error, ValueError):
+                return None
+        if item.get("topic"):
+            return self._pending.pop(item["topic"], None)
+        return None
 
 
 def _event_line(source: str, e: dict[str, Any]) -> str:
@@ -74,9 +156,22 @@ def format_message(rel: str, payload: bytes) -> str:
 
 
 def tail(config: AgentConfig, raw: bool = False, count: int | None = None,
-         timeout: float | None = None, out: TextIO = sys.stdout) -> int:
-    """Subscribe to the device's topics and print messages until interrupted."""
+         timeout: float | None = None, out: TextIO = sys.stdout,
+         save_media: Path | None = None) -> int:
+    """Subscribe to the device's topics and print messages until interrupted.
+
+    With ``save_media``, every event's images and clips are written under that folder and
+    the event's line names the files. Exit 0, 1 when the broker cannot be reached, 2 when
+    the folder cannot be written.
+    """
     base = f"{config.mqtt.topic_prefix}/{config.device.id}"
+    saver: MediaSaver | None = None
+    if save_media is not None:
+        try:
+            saver = MediaSaver(save_media)
+        except MediaDirError as exc:
+            print(f"tail: --save-media: {exc}", file=sys.stderr)
+            return 2
     seen = 0
     done = threading.Event()
 
@@ -93,12 +188,19 @@ def tail(config: AgentConfig, raw: bool = False, count: int | None = None,
     def on_message(client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
         nonlocal seen
         rel = msg.topic[len(base) + 1:]
+        now = _clock()
+        if saver is not None and rel.startswith("media/"):
+            saver.hold(rel, msg.payload)
         if raw:
             line = f"{msg.topic} {msg.payload.decode(errors='replace')}"
         else:
-            line = f"{_clock()} {format_message(rel, msg.payload)}"
+            line = f"{now} {format_message(rel, msg.payload)}"
             if msg.retain:
                 line += " (retained)"
+        if saver is not None and rel.startswith("events/"):
+            names = _saved_media(saver, now, rel[7:], msg.payload)
+            if names:
+                line += f" -> {', '.join(names)}"
         print(line, file=out, flush=True)
         seen += 1
         if count is not None and seen >= count:
@@ -126,4 +228,15 @@ def tail(config: AgentConfig, raw: bool = False, count: int | None = None,
     finally:
         client.loop_stop()
         client.disconnect()
+    if saver is not None:
+        print(f"{_clock()} saved {saver.saved} media files under {saver.root}", file=out,
+              flush=True)
     return 0
+
+
+def _saved_media(saver: MediaSaver, clock: str, source: str, payload: bytes) -> list[str]:
+    try:
+        event = json.loads(payload)
+    except ValueError:
+        return []
+    return saver.save_event(clock, source, event) if isinstance(event, dict) else []
