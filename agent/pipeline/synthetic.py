@@ -84,6 +84,8 @@ class SyntheticWorker(Worker):
             if self.detection_enabled:
                 self.emit(self.make_event())
             next_at += interval
+            if self.config.burst and self.seq % self.config.burst == 0:
+                next_at += self.config.burst_pause  # a sensor that fires in bursts
             delay = next_at - self._clock.monotonic()
             if delay > 0:
                 self._stop.wait(delay)

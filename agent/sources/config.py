@@ -45,3 +45,9 @@ class SyntheticConfig(SourceCommon):
                       description="source kind the events claim (to exercise rules)")
     payload_bytes: int = Field(default=0, ge=0, description="padding added to metadata")
     count: int | None = Field(default=None, ge=1, description="stop after this many events")
+    burst: int | None = Field(
+        default=None, ge=1,
+        description="events per burst, at `rate`, then `burst_pause` seconds of quiet",
+    )
+    burst_pause: float = Field(default=0.0, ge=0, le=86_400,
+                               description="seconds of quiet after each burst")
