@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The two-command demo, part one: set up, start a local broker, run the agent on
-# config/demo.yaml and show what it publishes.
+# config/demo.yaml, show what it publishes and save its pictures and clips under
+# var/demo/media/. Exits 1 when no event arrived.
 #   scripts/demo.sh               run until Ctrl-C (30 s when not on a terminal, e.g. CI)
 #   scripts/demo.sh --seconds N   stop after N seconds
 # A broker of your own: EDGE_AGENT_MQTT__HOST=... EDGE_AGENT_MQTT__PORT=... scripts/demo.sh
@@ -51,8 +52,23 @@ fi
 .venv/bin/edge-agent run -c config/demo.yaml 2> "$workdir/agent.log" &
 pids+=($!)
 echo "demo.sh: agent running (log: $workdir/agent.log); events follow${seconds:+ for ${seconds} s}"
-if [ -n "$seconds" ]; then
-  .venv/bin/edge-agent tail -c config/demo.yaml --timeout "$seconds"
-else
-  .venv/bin/edge-agent tail -c config/demo.yaml
+media="$workdir/media"
+rm -rf "$media"
+tail_args=(-c config/demo.yaml --save-media "$media")
+if [ -n "$seconds" ]; then tail_args+=(--timeout "$seconds"); fi
+# tee -i: Ctrl-C stops tail (which then prints its last line), not the copy into tail.log.
+.venv/bin/edge-agent tail "${tail_args[@]}" | tee -i "$workdir/tail.log"
+
+count() { grep -c -- "$1" "$workdir/tail.log" || true; }
+objects=$(count " object ") sounds=$(count " sound ") synthetic=$(count " synthetic ")
+composites=$(count " composite ")
+pictures=$(find "$media" -name '*.jpg' 2>/dev/null | wc -l)
+clips=$(find "$media" -name '*.wav' 2>/dev/null | wc -l)
+echo "demo.sh: seen $objects object, $sounds sound and $synthetic synthetic events," \
+     "$composites composite messages"
+echo "demo.sh: $pictures pictures and $clips sound clips saved under $media/" \
+     "(the *-annotated.jpg files show what the camera detected)"
+if [ $((objects + sounds + synthetic)) = 0 ]; then
+  echo "demo.sh: no events arrived; see $workdir/agent.log" >&2
+  exit 1
 fi
