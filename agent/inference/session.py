@@ -106,6 +106,12 @@ class InferenceSession:
         except Exception as exc:
             raise ModelLoadError(f"model {name}: cannot load {path}: {exc}") from exc
         self.providers = self._session.get_providers()
+        if providers[0] != self.providers[0]:
+            # onnxruntime lists an accelerator as available when its plugin is installed,
+            # then falls back silently (in our log) when the plugin's own libraries are
+            # missing, e.g. TensorRT's libnvinfer on a GPU machine without TensorRT.
+            logger.warning("model %s: %s could not be used (its libraries are missing or "
+                           "fail to load); running on %s", name, providers[0], self.providers)
         self.inputs = self._session.get_inputs()
         self.outputs = self._session.get_outputs()
 

@@ -1,0 +1,37 @@
+"""Execution providers: what a session asked for, what onnxruntime really used, and the log."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import onnxruntime as ort
+import pytest
+
+from agent.inference.session import InferenceSession, SessionConfig
+from tests.inference import onnx_graphs as g
+
+
+def test_missing_accelerator_is_warned_and_the_cpu_is_used(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    model = g.channel_mean_model(tmp_path / "mean.onnx")
+    session = InferenceSession("m", SessionConfig(path=model, providers=["cuda", "cpu"]))
+    assert session.providers == ["CPUExecutionProvider"]
+    assert "providers ['cuda'] not available here" in caplog.text
+
+
+def test_an_accelerator_listed_but_unusable_is_named_in_the_log(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # onnxruntime-gpu lists TensorRT and CUDA whenever their plugins are installed, even
+    # where their own libraries are missing (seen on a GPU machine without TensorRT); the
+    # real session then runs elsewhere. Here the list claims CUDA on a CPU-only build.
+    available = ort.get_available_providers()
+    monkeypatch.setattr(ort, "get_available_providers",
+                        lambda: ["CUDAExecutionProvider", *available])
+    model = g.channel_mean_model(tmp_path / "mean.onnx")
+    with caplog.at_level(logging.WARNING):
+        session = InferenceSession("m", SessionConfig(path=model, providers=["cuda", "cpu"]))
+    assert session.providers == ["CPUExecutionProvider"]
+    assert ("model m: CUDAExecutionProvider could not be used (its libraries are missing or "
+            "fail to load); running on ['CPUExecutionProvider']") in caplog.text
