@@ -33,7 +33,6 @@ import socket
 import ssl
 import threading
 import time
-from abc import ABC, abstractmethod
 from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,18 +47,22 @@ from agent.clock import Clock
 from agent.events.objects import ObjectsConfig, Polygon, SnapshotsConfig, ZoneConfig
 from agent.events.tracking import TrackingConfig
 from agent.inference.motion import MotionConfig
+from agent.logs import LineDeduplicator
 from agent.sources.base import SourceState, StateTracker
+from agent.sources.command import CommandConfig, CommandReader
 from agent.sources.config import SourceCommon
+from agent.sources.reader import CameraError, FrameReader
 
 # cv2 is imported inside the readers, not here: agent.config imports this module for
 # CameraConfig, and an agent without cameras should not load OpenCV (~17 MB of RSS).
 
 logger = logging.getLogger(__name__)
 
-CameraType = Literal["device", "rtsp", "mjpeg", "stream", "file", "folder"]
+CameraType = Literal["device", "rtsp", "mjpeg", "stream", "file", "folder", "command"]
 """How a camera is read: ``device`` (V4L2), ``rtsp``, ``mjpeg`` (HTTP(S) multipart JPEG or a
 JPEG snapshot URL), ``stream`` (any other URL FFmpeg opens: rtmp, srt, HLS...), ``file``
-(a video file), ``folder`` (a folder of images, in name order)."""
+(a video file), ``folder`` (a folder of images, in name order), ``command`` (frames from a
+command's stdout: ``agent.sources.command``)."""
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 
@@ -174,6 +177,9 @@ class CameraConfig(SourceCommon):
     url: str | None = Field(default=None, repr=False,
                             description="stream URL, file or folder path, or /dev/videoN")
     device: int | None = Field(default=None, ge=0, description="V4L2 device index")
+    command: CommandConfig | None = Field(
+        default=None, description="frames from a command's stdout (a Pi or Jetson CSI camera)"
+    )
     type: CameraType | None = Field(default=None, description="default: from url or device")
     loop: bool = Field(default=False, description="files and folders: start again at the end")
     realtime: bool = Field(default=True,
@@ -200,8 +206,14 @@ class CameraConfig(SourceCommon):
 
     @model_validator(mode="after")
     def _source(self) -> CameraConfig:
+        if self.command is not None or self.type == "command":
+            if self.command is None or self.url is not None or self.device is not None:
+                raise ValueError("type command: give command (a preset or argv), not url or "
+                                 "device")
+            self.type = "command"
+            return self._common_checks()
         if (self.url is None) == (self.device is None):
-            raise ValueError("give exactly one of url and device")
+            raise ValueError("give exactly one of url, device and command")
         if self.url is not None and not self.url.strip():
             raise ValueError("url: must not be empty")
         implied: CameraType = "device" if self.device is not None else infer_type(self.url or "")
@@ -218,6 +230,9 @@ class CameraConfig(SourceCommon):
                     f"type: {self.type} does not fit url {redact_url(self.url)} "
                     f"(it looks like {implied})"
                 )
+        return self._common_checks()
+
+    def _common_checks(self) -> CameraConfig:
         if self.loop and self.type not in ("file", "folder"):
             raise ValueError(f"loop: only files and folders can loop, not a {self.type} camera")
         if self.reconnect_max_s < self.reconnect_min_s:
@@ -243,6 +258,8 @@ class CameraConfig(SourceCommon):
         """Where the frames come from, safe to show."""
         if self.device is not None:
             return f"/dev/video{self.device}"
+        if self.command is not None:
+            return self.command.display
         return redact_url(self.url or "")
 
 
@@ -317,39 +334,7 @@ class _Decimator:
 # -- readers ----------------------------------------------------------------------------------
 
 
-class CameraError(Exception):
-    """A camera cannot be opened or read; ``permanent`` when retrying will not help."""
-
-    def __init__(self, message: str, permanent: bool = False) -> None:
-        super().__init__(message)
-        self.permanent = permanent
-
-
-class _Reader(ABC):
-    """One open connection to a camera. ``grab`` is cheap; ``retrieve`` decodes."""
-
-    native_fps: float | None = None
-
-    @abstractmethod
-    def grab(self) -> bool:
-        """Advance to the next frame; False at the end of a file or when the stream failed."""
-
-    @abstractmethod
-    def retrieve(self) -> npt.NDArray[np.uint8] | None:
-        """Decode the grabbed frame (BGR), or None when it cannot be decoded."""
-
-    def close(self) -> None:  # noqa: B027 - optional hook, nothing to release by default
-        """Release the connection (from the reader's own thread)."""
-
-    def interrupt(self) -> None:  # noqa: B027 - optional hook: most readers never block long
-        """Unblock a ``grab`` waiting on the network (from another thread)."""
-
-    def failure(self) -> str:
-        """Why the last ``grab`` failed, for the status detail."""
-        return "no more frames"
-
-
-class _OpenCvReader(_Reader):
+class _OpenCvReader(FrameReader):
     """Devices, RTSP, FFmpeg streams and video files through ``cv2.VideoCapture``."""
 
     def __init__(self, config: CameraConfig) -> None:
@@ -404,7 +389,7 @@ class _OpenCvReader(_Reader):
         return "no frame (the stream ended, or nothing came within timeout_s)"
 
 
-class _FolderReader(_Reader):
+class _FolderReader(FrameReader):
     """The images of a folder in name order, one frame each."""
 
     def __init__(self, config: CameraConfig) -> None:
@@ -434,7 +419,7 @@ class _FolderReader(_Reader):
         return np.asarray(image, dtype=np.uint8)
 
 
-class _MjpegReader(_Reader):
+class _MjpegReader(FrameReader):
     """HTTP(S) ``multipart/x-mixed-replace`` JPEG streams, or a JPEG snapshot URL polled.
 
     Read natively rather than through FFmpeg: it starts on the first frame instead of
@@ -642,7 +627,7 @@ class CameraCapture:
         self._cond = threading.Condition()
         self._slot: Frame | None = None
         self._thread: threading.Thread | None = None
-        self._reader: _Reader | None = None
+        self._reader: FrameReader | None = None
         self._decimator = _Decimator(config.fps)
         self.finished = threading.Event()
         self.frames_grabbed = 0
@@ -650,6 +635,8 @@ class CameraCapture:
         self.frames_dropped = 0
         self.decode_errors = 0
         self.grab_rate = RateMeter()
+        self._native_lines = LineDeduplicator()
+        """Lines a command camera's child repeats on every restart are logged once."""
         self.epoch = 0
         """Counts (re)connections; the worker resets motion state when it changes."""
 
@@ -702,12 +689,16 @@ class CameraCapture:
             with self._cond:
                 self._cond.notify_all()
 
-    def _open(self) -> _Reader:
+    def _open(self) -> FrameReader:
         kind = self.config.camera_type
         if kind == "mjpeg":
             return _MjpegReader(self.config, self._stop)
         if kind == "folder":
             return _FolderReader(self.config)
+        if kind == "command":
+            assert self.config.command is not None
+            return CommandReader(self.config.command, self.name, self.config.timeout_s,
+                                 announce=self.epoch == 0, dedup=self._native_lines)
         return _OpenCvReader(self.config)
 
     def _run(self) -> None:
@@ -766,7 +757,7 @@ class CameraCapture:
         self.tracker.set(SourceState.RECONNECTING, f"{reason}; retrying")
         self._stop.wait(delay)
 
-    def _pump(self, reader: _Reader, timeline: float,
+    def _pump(self, reader: FrameReader, timeline: float,
               wall_origin: float) -> tuple[str, int, float]:
         """Read frames until the end, a failure or stop: (outcome, delivered, timeline)."""
         import cv2
