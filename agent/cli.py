@@ -54,6 +54,11 @@ def cmd_run(args: argparse.Namespace) -> int:
         print("\n".join(exc.lines), file=sys.stderr)
         return EX_CONFIG
     setup_logging(args.log_level or config.logging.level, [password or ""])
+    if config.cameras:
+        # OpenCV/FFmpeg write to stderr themselves: through the log, once per kind of line.
+        from agent.sources.native_log import install as capture_native_logs
+
+        capture_native_logs()
     try:
         daemon = Daemon(config, args.config)
     except OutboxError as exc:

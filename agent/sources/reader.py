@@ -43,3 +43,7 @@ class FrameReader(ABC):
     def failure(self) -> str:
         """Why the last ``grab`` failed, for the status detail."""
         return "no more frames"
+
+    def damage(self) -> tuple[int, str] | None:
+        """Files at their end: (frames lost, why) when the input was damaged, else None."""
+        return None
