@@ -195,7 +195,8 @@ class CameraConfig(SourceCommon):
     reconnect_min_s: float = Field(default=1.0, gt=0, le=3600)
     reconnect_max_s: float = Field(default=30.0, gt=0, le=3600)
     timeout_s: float = Field(default=10.0, gt=0, le=300,
-                             description="network streams: open and read timeout")
+                             description="network streams: open and read timeout; command "
+                             "cameras: longest wait for a frame")
     verify_tls: bool = Field(default=True,
                              description="https cameras: check the certificate (turn off only "
                              "for a camera with a self-signed certificate on a trusted network)")
@@ -389,7 +390,8 @@ class _OpenCvReader(FrameReader):
         self._cap.release()
 
     def failure(self) -> str:
-        return "no frame (the stream ended, or nothing came within timeout_s)"
+        why = native_log.cause(self._native.since(self._mark, 0.05)) if self._native else None
+        return why or "no frame (the stream ended, or nothing came within timeout_s)"
 
     def damage(self) -> tuple[int, str] | None:
         import cv2
