@@ -172,7 +172,7 @@ def capture(argv: list[str], fmt: str, collector: Collector, **camera: object
             ) -> tuple[CameraCapture, StateTracker]:
     config = CameraConfig(
         id="cmd", fps=None, timeout_s=float(camera.pop("timeout_s", 5.0)),  # type: ignore[arg-type]
-        reconnect_min_s=0.2, reconnect_max_s=0.5,
+        reconnect_min_s=1.0, reconnect_max_s=2.0,
         command={"argv": argv, "format": fmt, "width": W, "height": H}, **camera,
     )
     clock = SystemClock()
