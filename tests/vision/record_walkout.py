@@ -19,7 +19,7 @@ import numpy as np
 
 from agent.inference.detector import Detector, DetectorModelConfig
 from agent.inference.fetch import fetch_models
-from tests.vision.media import HEIGHT, WIDTH, background, paste, sprite
+from scripts.scenes import HEIGHT, WIDTH, background, paste, sprite
 
 REPO = Path(__file__).resolve().parents[2]
 OUT = REPO / "tests" / "vision" / "fixtures" / "walkout.json"
