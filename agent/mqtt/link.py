@@ -572,9 +572,17 @@ class MqttLink:
         missing = sum(not i.is_published() for i in infos)
         self.clean_stop = missing == 0
         if missing:
+            # No DISCONNECT: the broker then publishes the last will, so the device reads
+            # offline instead of a stale online.
             logger.warning("mqtt: unclean stop: the broker did not acknowledge %d of the %d "
                            "final retained statuses within %.1f s; they may still show the "
-                           "state before the stop", missing, len(infos), STOP_FLUSH_S)
+                           "state before the stop (closing without DISCONNECT, so the "
+                           "device's status becomes offline)", missing, len(infos),
+                           STOP_FLUSH_S)
+            if sock is not None:
+                with contextlib.suppress(OSError):
+                    sock.close()
+            return
         client.disconnect()
         client.loop_write()
 

@@ -143,3 +143,33 @@ def test_a_stop_stuck_anywhere_still_ends_the_process_within_5_s(
     assert "outbox is durable" in line
     # The statuses went out before the stuck step: the broker says stopped.
     assert _retained(broker, ["s1"]) == {"device": "stopped", "s1": "stopped"}
+
+
+def test_a_stop_the_broker_does_not_acknowledge_is_logged_unclean_and_reads_offline(
+    tmp_path: Path, broker: Broker
+) -> None:
+    agent = AgentProcess(tmp_path, base_config(tmp_path, broker.port,
+                                               synthetic=[{"id": "s1", "rate": 5}])).start()
+    assert broker.proc is not None
+    try:
+        assert agent.wait_log("synthetic s1: running", 20), agent.log
+        assert agent.wait_log("mqtt: connected", 20), agent.log
+        time.sleep(0.5)  # the running status is on the broker
+        broker.proc.send_signal(signal.SIGSTOP)  # the connection stays up, nothing answers
+        started = time.monotonic()
+        code = agent.stop()
+        took = time.monotonic() - started
+    finally:
+        broker.proc.send_signal(signal.SIGCONT)
+        agent.close()
+    assert code == 0 and took < 5.0, (code, took)
+    line = next(x for x in agent.log.splitlines() if "unclean stop" in x)
+    assert " WARNING " in line and "did not acknowledge" in line
+    assert agent.log.splitlines()[-1].endswith(
+        "stopped (unclean: the final statuses did not all reach the broker)")
+    # The broker saw the connection close without DISCONNECT: the last will says offline,
+    # never a stale online.
+    deadline = time.monotonic() + 10
+    while (state := _retained(broker, ["s1"]).get("device")) != "offline":
+        assert time.monotonic() < deadline, state
+        time.sleep(0.5)
