@@ -54,7 +54,7 @@ HUNG_AFTER_S = 20.0
 HUNG_FLOOR_S = 3.0
 """Never call a thread hung sooner: idle loops beat about once a second."""
 
-STOP_DEADLINE_S = 4.5
+STOP_DEADLINE_S = 4.0
 """From SIGTERM to the end of the process, at most, whatever a native library is doing."""
 
 WORKERS_STOP_S = 2.0
@@ -69,10 +69,16 @@ def exit_now(code: int) -> NoReturn:
     the interpreter's own shutdown. Everything that matters is already closed or durable
     (the outbox commits each message), so leaving here loses nothing.
     """
-    logging.shutdown()
-    for stream in (sys.stdout, sys.stderr):
-        with contextlib.suppress(OSError, ValueError):  # closed or gone: nothing to flush
-            stream.flush()
+    def flush() -> None:
+        logging.shutdown()
+        for stream in (sys.stdout, sys.stderr):
+            with contextlib.suppress(OSError, ValueError):  # closed or gone: nothing to flush
+                stream.flush()
+
+    # Bounded: a log handler stuck on a full pipe must not keep the process alive either.
+    flusher = threading.Thread(target=flush, name="exit-flush", daemon=True)
+    flusher.start()
+    flusher.join(0.4)
     os._exit(code)
 
 

@@ -139,7 +139,7 @@ def test_a_stop_stuck_anywhere_still_ends_the_process_within_5_s(
     assert took < 5.0 and code == 0, (took, code, agent.log)
     line = next(x for x in agent.log.splitlines() if "leaving without them" in x)
     assert " WARNING " in line
-    assert "not finished 4.5 s after the stop signal, still closing the outbox" in line
+    assert "not finished 4.0 s after the stop signal, still closing the outbox" in line
     assert "outbox is durable" in line
     # The statuses went out before the stuck step: the broker says stopped.
     assert _retained(broker, ["s1"]) == {"device": "stopped", "s1": "stopped"}
