@@ -24,6 +24,7 @@ import contextlib
 import fcntl
 import json
 import os
+import signal
 import struct
 import sys
 import threading
@@ -200,6 +201,11 @@ def _write_all(fd: int, data: bytes) -> None:
 
 def main() -> None:
     """Entry point of the child: ``python -m agent.sources.capture JSON``."""
+    # systemd's stop (and a terminal's Ctrl-C) signals the whole group: the agent, not the
+    # child, decides when a microphone ends, so its stop is not mistaken for a lost device.
+    # The child still ends with the agent: killed by it, or on its own when it is gone.
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     out = sys.stdout.buffer
     code = 1
     try:

@@ -396,8 +396,9 @@ class MicrophoneSource(AudioSource):
     STALL_SECONDS = 3.0
     """No samples for this long on a started stream means the device is gone."""
 
-    OPEN_TIMEOUT = 20.0
-    """Starting the child (Python, numpy, PortAudio: seconds on a Pi) and opening the device."""
+    OPEN_TIMEOUT = 10.0
+    """Starting the child (Python, numpy, PortAudio: seconds on a Pi) and opening the device;
+    below the watchdog's hang limit, since the worker cannot beat meanwhile."""
 
     def __init__(self, config: MicrophoneConfig, clock: Clock, stop: threading.Event) -> None:
         super().__init__(config, clock, stop)

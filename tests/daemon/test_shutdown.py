@@ -173,3 +173,39 @@ def test_a_stop_the_broker_does_not_acknowledge_is_logged_unclean_and_reads_offl
     while (state := _retained(broker, ["s1"]).get("device")) != "offline":
         assert time.monotonic() < deadline, state
         time.sleep(0.5)
+
+
+def test_a_stop_signalled_to_the_whole_group_is_not_a_lost_microphone(
+    tmp_path: Path, broker: Broker, models_dir: Path  # noqa: F811
+) -> None:
+    """systemd's stop sends SIGTERM to every process of the unit, capture children too."""
+    psutil = __import__("pytest").importorskip("psutil")
+    name = f"edgeagentgroup{os.getpid()}"
+    jackd = _start_jackd(name)
+    config = base_config(tmp_path, broker.port, microphones=[{"id": "mic", "device": "system"}])
+    agent = AgentProcess(tmp_path, config, env={"JACK_DEFAULT_SERVER": name,
+                                                "JACK_NO_START_SERVER": "1"})
+    try:
+        agent.start()
+        assert agent.wait_log("microphone mic: running", 60), agent.log
+        assert agent.proc is not None
+        children = psutil.Process(agent.proc.pid).children(recursive=True)
+        assert children, "the microphone captures in a child process"
+        # The children first, and a second early: signals to a group arrive in any order.
+        for child in children:
+            child.send_signal(signal.SIGTERM)
+        time.sleep(1.0)
+        agent.signal(signal.SIGTERM)
+        started = time.monotonic()
+        code = agent.proc.wait(15)
+        took = time.monotonic() - started
+        time.sleep(1.0)  # a child outliving the agent notices within 0.5 s
+        left = [c.pid for c in children if c.is_running() and c.status() != "zombie"]
+    finally:
+        agent.close()
+        _stop_jackd(jackd)
+    assert code == 0 and took < 5.0, (code, took)
+    assert not left, f"capture children left running: {left}"
+    mic_lines = [x for x in agent.log.splitlines() if "microphone mic" in x]
+    assert not [x for x in mic_lines if " WARNING " in x or "reconnecting" in x], mic_lines
+    assert _retained(broker, ["mic"]) == {"device": "stopped", "mic": "stopped"}
