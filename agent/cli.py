@@ -43,7 +43,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     config = _load_or_exit(args.config)  # before importing the runtime: fail fast and cheap
 
     from agent.config import read_mqtt_password
-    from agent.daemon import Daemon
+    from agent.daemon import Daemon, exit_now
     from agent.labels import LabelCatalogueError
     from agent.logs import setup_logging
     from agent.outbox.store import OutboxError
@@ -68,7 +68,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         logger.error("label catalogue: %s (models.dir: %s)", exc, config.models.dir)
         return EX_CONFIG
     daemon.install_signal_handlers()
-    return daemon.run()
+    # Not a return: Python's exit hooks can hang in native code (see exit_now).
+    exit_now(daemon.run())
 
 
 def cmd_tail(args: argparse.Namespace) -> int:

@@ -49,6 +49,12 @@ ACK_GATHER_S = 0.005
 # ... but no more keys than this in one commit.
 ACK_GATHER_MAX = 1000
 
+CONNACK_MAX_S = 30.0
+"""Longest wait for the broker's CONNACK (the keepalive, when shorter) before giving up."""
+
+STOP_FLUSH_S = 1.5
+"""How long a stop waits for the broker to acknowledge the final retained statuses."""
+
 
 class Topics:
     """Topic names under ``{prefix}/{device_id}``."""
@@ -117,6 +123,40 @@ def paho_client(config: MqttConfig, client_id: str, password: str | None) -> mqt
     return client
 
 
+class _PahoErrors(logging.Logger):
+    """Stands in for paho's logger: keeps the text of its last error, logs nothing.
+
+    paho reports why a socket failed (``failed to receive on socket: [Errno 104] ...``) only
+    to its logger; its disconnect callback then says ``Unspecified error``. Keeping the text
+    lets the agent say in words why the connection dropped.
+    """
+
+    def __init__(self) -> None:
+        super().__init__("agent.mqtt.paho", logging.ERROR)
+        self.last: str | None = None
+
+    def log(self, level: int, msg: object, *args: Any, **kwargs: Any) -> None:
+        if level >= logging.ERROR:
+            self.last = str(msg) % args if args else str(msg)
+
+
+def loss_reason(reason_code: ReasonCode, from_broker: bool, socket_error: str | None,
+                keepalive: int) -> str:
+    """Why a connection dropped, in words (paho's own reason is often ``Unspecified error``)."""
+    if from_broker:
+        return f"the broker disconnected the agent: {reason_code}"
+    name = reason_code.getName()
+    if name == "Keep alive timeout":
+        return f"no answer from the broker to a keepalive ping within {keepalive} s"
+    if socket_error:
+        # "failed to receive on socket: [Errno 104] Connection reset by peer"
+        text = socket_error.split("] ", 1)[-1] if "] " in socket_error else socket_error
+        return f"network error: {text}"
+    if name == "Protocol error":
+        return "protocol error: the broker sent a packet the agent cannot read"
+    return "the broker closed the connection"
+
+
 def backoff_delay(attempt: int, low: float, high: float, rng: random.Random) -> float:
     """Exponential backoff with equal jitter: half fixed, half random, capped at ``high``."""
     ceiling = min(high, low * (2 ** min(attempt, 30)))
@@ -176,7 +216,11 @@ class MqttLink:
         self._ack_lock = threading.Lock()
         self._ack_last = self._clock.monotonic()
         self._last_beat = self._clock.monotonic()
+        self._connack_seen = False
+        self._paho_errors = _PahoErrors()
         self.last_error: str | None = None
+        self.clean_stop: bool | None = None
+        """After ``stop``: whether the final retained statuses reached the broker."""
         self.connects = 0
         self.disconnects = 0
         self.delivered = 0
@@ -275,6 +319,8 @@ class MqttLink:
         client.on_disconnect = self._on_disconnect
         client.on_publish = self._on_publish
         client.on_message = self._on_message
+        self._paho_errors.last = None
+        client.enable_logger(self._paho_errors)
         return client
 
     def _run(self) -> None:
@@ -302,7 +348,8 @@ class MqttLink:
                 attempt += 1
                 self._sleep(delay)
                 continue
-            self._serve(client)
+            self._connack_seen = False
+            failure = self._serve(client)
             was_connected = self.connected
             self._lost(client)
             if self._stop.is_set():
@@ -312,9 +359,25 @@ class MqttLink:
                 last_logged = None
             delay = backoff_delay(attempt, self._config.reconnect_min_s,
                                   self._config.reconnect_max_s, self._rng)
+            if failure is not None:
+                self.last_error = failure
+                # Once per kind of failure (and every 20th try): a silent broker retried
+                # every few seconds must not fill the log.
+                if failure != last_logged or attempt % 20 == 0:
+                    logger.warning("mqtt: %s:%d %s; retrying in %.1f s", self._config.host,
+                                   self._config.port, failure, delay)
+                    last_logged = failure
             attempt += 1
             self._sleep(delay)
+        if self.clean_stop is None:  # stopped while not connected
+            self._stopped_offline()
         self._client = None
+
+    def _stopped_offline(self) -> None:
+        self.clean_stop = False
+        logger.warning("mqtt: unclean stop: not connected to %s:%d, so the retained statuses "
+                       "there still show the state before the outage",
+                       self._config.host, self._config.port)
 
     def _sleep(self, seconds: float) -> None:
         """Wait, but wake for stop; keep beating so a backoff is not a hang."""
@@ -329,14 +392,39 @@ class MqttLink:
     def _beat(self) -> None:
         self._last_beat = self._clock.monotonic()
 
-    def _serve(self, client: mqtt.Client) -> None:
-        """Run one connection until it drops or we are asked to stop."""
+    def connack_timeout(self) -> float:
+        """Seconds to wait for CONNACK: the keepalive, at most ``CONNACK_MAX_S``."""
+        return min(float(self._config.keepalive), CONNACK_MAX_S)
+
+    def _no_connack(self, waited: float | None) -> str:
+        """What to tell the operator when the broker never answered our CONNECT."""
+        if waited is None:
+            what = "closed the connection without answering the MQTT CONNECT"
+        else:
+            what = f"accepted the TCP connection but sent no CONNACK within {waited:.0f} s"
+        if self._config.protocol == "5":
+            hint = ("a broker that speaks only MQTT 3.1.1 ignores an MQTT 5 CONNECT: "
+                    "try `mqtt.protocol: 3.1.1`")
+        else:
+            hint = "is it an MQTT broker, and does it expect TLS (`mqtt.tls.enabled`)?"
+        return f"{what} ({hint})"
+
+    def _serve(self, client: mqtt.Client) -> str | None:
+        """Run one connection until it drops or we are asked to stop.
+
+        Returns why the connection never got going (no CONNACK), or None.
+        """
+        started = self._clock.monotonic()
+        bound = self.connack_timeout()
+        peer_closed = False
         sock = client.socket()
         while sock is not None:
             self._beat()
             if self._stop.is_set():
                 self._clean_stop(client)
-                return
+                return None
+            if not self._connack_seen and self._clock.monotonic() - started > bound:
+                return self._no_connack(bound)
             if self.connected:
                 self._send_direct(client)
                 self._deliver(client)
@@ -348,17 +436,23 @@ class MqttLink:
             try:
                 readable, writable, _ = select.select(rlist, wlist, [], timeout)
             except (OSError, ValueError):
-                return
+                return None
             if self._wake_r in readable:
                 self._drain_wake()
             if sock in readable and client.loop_read() != MQTTErrorCode.MQTT_ERR_SUCCESS:
-                return
+                peer_closed = True
+                break
             if sock in writable and client.loop_write() != MQTTErrorCode.MQTT_ERR_SUCCESS:
-                return
+                peer_closed = True
+                break
             if client.loop_misc() != MQTTErrorCode.MQTT_ERR_SUCCESS:
-                return
+                break
             self._flush_acks()
             sock = client.socket()
+        if self._connack_seen or self._stop.is_set():
+            return None
+        # Not closed by the peer: paho gave up on a silent one after a keepalive.
+        return self._no_connack(None if peer_closed else self._clock.monotonic() - started)
 
     def _outbox_room_blocked(self) -> bool:
         return len(self._inflight) >= self._config.max_inflight
@@ -442,20 +536,55 @@ class MqttLink:
                 self._ack_last = self._clock.monotonic()
 
     def _clean_stop(self, client: mqtt.Client) -> None:
-        """Say ``stopped`` (so a clean stop and a crash look different), then disconnect."""
-        if self.connected:
-            info = client.publish(self.topics.status, STOPPED, qos=1, retain=True)
-            end = self._clock.monotonic() + 1.5
-            sock = client.socket()
-            while sock is not None and not info.is_published() and self._clock.monotonic() < end:
+        """Send the final statuses, say ``stopped``, wait for the broker to take them, leave.
+
+        The sources' last retained statuses (``stopped``) are queued just before the stop;
+        they go out before the device's own ``stopped``, and the stop counts as clean only
+        when the broker acknowledged all of them (else a consumer would see ``running``).
+        """
+        if not self.connected:
+            self._stopped_offline()
+            return
+        infos: list[mqtt.MQTTMessageInfo] = []
+        while True:
+            try:
+                item = self._direct.get_nowait()
+            except queue.Empty:
+                break
+            info = client.publish(item.topic, item.payload, qos=item.qos, retain=item.retain)
+            if item.retain and item.qos > 0:
+                infos.append(info)
+        infos.append(client.publish(self.topics.status, STOPPED, qos=1, retain=True))
+        end = self._clock.monotonic() + STOP_FLUSH_S
+        sock = client.socket()
+        while (sock is not None and not all(i.is_published() for i in infos)
+               and self._clock.monotonic() < end):
+            try:
                 r, w, _ = select.select([sock], [sock] if client.want_write() else [], [], 0.1)
-                if r:
-                    client.loop_read()
-                if w:
-                    client.loop_write()
-            self._flush_acks()
-            client.disconnect()
-            client.loop_write()
+            except (OSError, ValueError):
+                break
+            if r and client.loop_read() != MQTTErrorCode.MQTT_ERR_SUCCESS:
+                break
+            if w and client.loop_write() != MQTTErrorCode.MQTT_ERR_SUCCESS:
+                break
+            sock = client.socket()
+        self._flush_acks()
+        missing = sum(not i.is_published() for i in infos)
+        self.clean_stop = missing == 0
+        if missing:
+            # No DISCONNECT: the broker then publishes the last will, so the device reads
+            # offline instead of a stale online.
+            logger.warning("mqtt: unclean stop: the broker did not acknowledge %d of the %d "
+                           "final retained statuses within %.1f s; they may still show the "
+                           "state before the stop (closing without DISCONNECT, so the "
+                           "device's status becomes offline)", missing, len(infos),
+                           STOP_FLUSH_S)
+            if sock is not None:
+                with contextlib.suppress(OSError):
+                    sock.close()
+            return
+        client.disconnect()
+        client.loop_write()
 
     def _lost(self, client: mqtt.Client) -> None:
         """Forget the connection; unacknowledged messages go back to the outbox."""
@@ -474,11 +603,13 @@ class MqttLink:
     def _on_connect(self, client: mqtt.Client, userdata: Any, flags: Any,
                     reason_code: ReasonCode, properties: Any = None) -> None:
         if reason_code.is_failure:
+            self._connack_seen = True  # answered, with a refusal: logged here, not as silence
             self.last_error = f"broker refused the connection: {reason_code}"
             logger.error("mqtt: %s:%d refused the connection: %s", self._config.host,
                          self._config.port, reason_code)
             client.disconnect()
             return
+        self._connack_seen = True
         self.connects += 1
         self.last_error = None
         logger.info("mqtt: connected to %s:%d as %s", self._config.host, self._config.port,
@@ -495,9 +626,12 @@ class MqttLink:
     def _on_disconnect(self, client: mqtt.Client, userdata: Any, flags: Any,
                        reason_code: ReasonCode, properties: Any = None) -> None:
         if self.connected and not self._stop.is_set():
-            logger.warning("mqtt: connection to %s:%d lost: %s", self._config.host,
-                           self._config.port, reason_code)
-            self.last_error = f"connection lost: {reason_code}"
+            from_broker = bool(getattr(flags, "is_disconnect_packet_from_server", False))
+            reason = loss_reason(reason_code, from_broker, self._paho_errors.last,
+                                 self._config.keepalive)
+            logger.warning("mqtt: connection to %s:%d lost: %s; reconnecting",
+                           self._config.host, self._config.port, reason)
+            self.last_error = f"connection lost: {reason}"
 
     def _on_publish(self, client: mqtt.Client, userdata: Any, mid: int,
                     reason_code: ReasonCode, properties: Any = None) -> None:

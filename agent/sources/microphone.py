@@ -3,9 +3,10 @@
 Two sources produce the same thing, mono float32 chunks at the model's rate (16 kHz), each
 stamped with the wall-clock time of its end:
 
-- ``MicrophoneSource``: a sound card through sounddevice (PortAudio). The PortAudio callback
-  only copies into a preallocated ring (``SampleRing``); downmixing to mono happens there into
-  a preallocated buffer, resampling (soxr, streaming) happens on the reader's thread.
+- ``MicrophoneSource``: a sound card through sounddevice (PortAudio), captured in a child
+  process (``agent.sources.capture``, which says why) that downmixes to mono and streams the
+  blocks over a pipe into a ring (``SampleRing``); resampling (soxr, streaming) happens on
+  the reader's thread.
 - ``WavFileSource``: a WAV file for demos and replay, paced in real time or as fast as it is
   read (``realtime: false``), optionally looped.
 
@@ -15,10 +16,18 @@ turns them into ``SourceState`` changes and reconnects with backoff.
 
 from __future__ import annotations
 
+import contextlib
+import json
 import logging
+import os
+import select
+import subprocess
+import sys
 import threading
+import time
 import wave
 from abc import ABC, abstractmethod
+from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +38,8 @@ import numpy.typing as npt
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from agent.clock import Clock
+from agent.sources import capture
+from agent.sources.capture import input_devices as input_devices  # for tests, benchmarks
 from agent.sources.config import SourceCommon
 
 logger = logging.getLogger(__name__)
@@ -353,110 +364,31 @@ class AudioSource(ABC):
 
 
 class _PortAudio:
-    """Process-wide bookkeeping for PortAudio, which is itself one global library state.
+    """PortAudio inside this process, which the agent itself never uses (see ``capture``).
 
-    PortAudio lists devices once, when it is initialised; seeing a re-plugged USB microphone
-    needs a terminate and re-initialise, which would also close every other open stream. So
-    rescans happen only while no stream is open, and never with the JACK host API loaded
-    (its terminate aborts the process when the JACK server has gone away).
+    Tests and benchmarks that look for a JACK server they started list devices here; a server
+    started after PortAudio initialised is seen only after a re-initialise.
     """
 
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._open = 0
-
-    def opened(self) -> None:
-        with self._lock:
-            self._open += 1
-
-    def closed(self) -> None:
-        with self._lock:
-            self._open = max(0, self._open - 1)
-
-    def rescan(self) -> bool:
-        """Re-read the device list when that is safe; True when it was re-read."""
-        import sounddevice as sd
-
-        with self._lock:
-            if self._open:
-                return False
-            if any("JACK" in h["name"] for h in sd.query_hostapis()):
-                return False
-            sd._terminate()
-            sd._initialize()
-            return True
-
     def rescan_now(self) -> None:
-        """Re-read the device list unconditionally (tests that start a JACK server)."""
+        """Re-read the device list (call it while every server it saw still runs)."""
         import sounddevice as sd
 
-        with self._lock:
-            sd._terminate()
-            sd._initialize()
+        sd._terminate()
+        sd._initialize()
 
 
 PORTAUDIO = _PortAudio()
 
 
-def input_devices() -> list[dict[str, Any]]:
-    """PortAudio's input devices, each with ``index``, ``name``, ``hostapi`` name and rate."""
-    import sounddevice as sd
-
-    hostapis = sd.query_hostapis()
-    out = []
-    for dev in sd.query_devices():
-        if dev["max_input_channels"] > 0:
-            out.append({
-                "index": dev["index"],
-                "name": dev["name"],
-                "hostapi": hostapis[dev["hostapi"]]["name"],
-                "channels": dev["max_input_channels"],
-                "default_samplerate": dev["default_samplerate"],
-            })
-    return out
-
-
-def resolve_input_device(mic_id: str, spec: str | int) -> dict[str, Any]:
-    """The input device ``spec`` names: an index, ``"default"``, or (part of) a name.
-
-    An exact name wins over a partial one; several partial matches are an error, since picking
-    one silently could record the wrong room.
-    """
-    import sounddevice as sd
-
-    devices = input_devices()
-    have = ", ".join(f"{d['index']}: {d['name']}" for d in devices) or "none"
-    if spec == "default":
-        index = sd.default.device[0]
-        if index is None or index < 0:
-            index = sd.query_hostapis(0)["default_input_device"] if devices else -1
-        if index is None or index < 0:
-            if not devices:
-                raise SourceError(f"microphone {mic_id}: no input device found (have: {have})")
-            index = devices[0]["index"]
-        spec = int(index)
-    if isinstance(spec, int) or (isinstance(spec, str) and spec.isdigit()):
-        index = int(spec)
-        for d in devices:
-            if d["index"] == index:
-                return d
-        raise SourceError(f"microphone {mic_id}: no input device with index {index} (have: {have})")
-    exact = [d for d in devices if d["name"].lower() == spec.lower()]
-    if len(exact) == 1:
-        return exact[0]
-    partial = [d for d in devices if spec.lower() in d["name"].lower()]
-    if len(partial) == 1:
-        return partial[0]
-    if not partial:
-        raise SourceError(f"microphone {mic_id}: no input device matches {spec!r} (have: {have})")
-    raise SourceError(
-        f"microphone {mic_id}: {spec!r} matches several input devices "
-        f"({', '.join(d['name'] for d in partial)}); use a longer name or the index"
-    )
-
-
 class MicrophoneSource(AudioSource):
-    """A sound card through sounddevice, with a non-blocking callback into a ``SampleRing``."""
+    """A sound card, captured by a child process (``agent.sources.capture``) into a ring.
+
+    The child finds and opens the device and streams mono float32 blocks over a pipe; a
+    reader thread here puts them into a ``SampleRing``. Losing the device ends the child;
+    closing kills it, which returns at once whatever the driver is stuck in, and the next
+    ``open`` starts a fresh child that sees the devices there now.
+    """
 
     RING_SECONDS = 4.0
     """Capture buffered between callback and reader; the reader takes it every hop (0.48 s)."""
@@ -464,15 +396,21 @@ class MicrophoneSource(AudioSource):
     STALL_SECONDS = 3.0
     """No samples for this long on a started stream means the device is gone."""
 
+    OPEN_TIMEOUT = 10.0
+    """Starting the child (Python, numpy, PortAudio: seconds on a Pi) and opening the device;
+    below the watchdog's hang limit, since the worker cannot beat meanwhile."""
+
     def __init__(self, config: MicrophoneConfig, clock: Clock, stop: threading.Event) -> None:
         super().__init__(config, clock, stop)
-        self._stream: Any = None
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._reader: threading.Thread | None = None
         self._ring: SampleRing | None = None
-        self._mix = np.zeros(0, dtype=np.float32)
         self._driver_overflows = 0
         self._resample: _Resampler | None = None
         self._rate = 0
         self._last_data = 0.0
+        self._ended: str | None = None  # why the child stopped, once it has
+        self._stderr_tail: deque[str] = deque(maxlen=5)
         self._lock = threading.Lock()
         self.device_name: str | None = None
 
@@ -485,78 +423,117 @@ class MicrophoneSource(AudioSource):
     def driver_overruns(self) -> int:
         return self._driver_overflows
 
-    def open(self) -> None:
-        import sounddevice as sd
+    @property
+    def capture_pid(self) -> int | None:
+        """The capture child's process id while it runs (benchmarks count its CPU)."""
+        proc = self._proc
+        return proc.pid if proc is not None else None
 
+    def open(self) -> None:
         cfg = self.config
         assert cfg.device is not None
+        spec = {"id": cfg.id, "device": cfg.device, "channels": cfg.channels,
+                "sample_rate": cfg.sample_rate, "block_seconds": cfg.block_seconds}
+        # A microphone must never start a sound server (libjack would, per attempt).
+        env = {**os.environ, "JACK_NO_START_SERVER": "1"}
         try:
-            device = resolve_input_device(cfg.id, cfg.device)
-        except SourceError:
-            # A USB microphone plugged in after start is invisible until PortAudio rescans.
-            if not PORTAUDIO.rescan():
-                raise
-            device = resolve_input_device(cfg.id, cfg.device)
-        if cfg.channels > device["channels"]:
-            raise SourceError(
-                f"microphone {cfg.id}: device {device['name']!r} has {device['channels']} input "
-                f"channel(s); {cfg.channels} configured"
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "agent.sources.capture", json.dumps(spec)],
+                stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                env=env, close_fds=True,
             )
-        rate = int(cfg.sample_rate or round(device["default_samplerate"]))
-        try:
-            sd.check_input_settings(device=device["index"], channels=cfg.channels,
-                                    samplerate=rate, dtype="float32")
-        except Exception as exc:  # PortAudioError or ValueError, both say why
-            raise SourceError(
-                f"microphone {cfg.id}: device {device['name']!r} does not support {rate} Hz "
-                f"with {cfg.channels} channel(s): {exc}"
-            ) from exc
+        except OSError as exc:
+            raise SourceError(f"microphone {cfg.id}: cannot start the capture process: "
+                              f"{exc.strerror or exc}") from exc
+        with self._lock:
+            self._proc = proc
+        self._ended = None
+        self._stderr_tail.clear()
+        threading.Thread(target=self._log_stderr, args=(proc,), name=f"mic-stderr:{cfg.id}",
+                         daemon=True).start()
+        info = self._opened(proc)
+        rate = int(info["rate"])
         self._rate = rate
         self._ring = SampleRing(int(rate * self.RING_SECONDS))
-        # Room for any block PortAudio is likely to hand over; bigger ones fall back to numpy.
-        self._mix = np.zeros(max(16384, int((cfg.block_seconds or 0) * rate) * 2), np.float32)
         self._resample = _Resampler(rate, self.target_rate)
-        try:
-            blocksize = int(cfg.block_seconds * rate) if cfg.block_seconds else 0
-            stream = sd.InputStream(
-                device=device["index"], channels=cfg.channels, samplerate=rate,
-                blocksize=blocksize, dtype="float32", callback=self._callback,
-                finished_callback=self._finished,
-            )
-            stream.start()
-        except Exception as exc:
-            raise SourceError(
-                f"microphone {cfg.id}: cannot open {device['name']!r} at {rate} Hz: {exc}"
-            ) from exc
-        PORTAUDIO.opened()
-        with self._lock:
-            self._stream = stream
-        self.device_name = device["name"]
+        self.device_name = str(info["name"])
         self._last_data = self.clock.monotonic()
+        self._reader = threading.Thread(target=self._read_pipe, args=(proc, self._ring),
+                                        name=f"mic-capture:{cfg.id}", daemon=True)
+        self._reader.start()
         logger.info("microphone %s: capturing from %r (%s) at %d Hz, %d channel(s)",
-                    cfg.id, device["name"], device["hostapi"], rate, cfg.channels)
+                    cfg.id, info["name"], info["hostapi"], rate, cfg.channels)
 
-    def _callback(self, indata: Any, frames: int, time_info: Any, status: Any) -> None:
-        # Runs on PortAudio's thread: copy and return; no locks, no logging, no big allocations.
-        if status.input_overflow:
-            self._driver_overflows += 1
-        if indata.shape[1] == 1:
-            mono = indata[:, 0]
-        elif frames <= len(self._mix):
-            mono = self._mix[:frames]
-            np.mean(indata, axis=1, out=mono)
-        else:
-            mono = indata.mean(axis=1)
-        ring = self._ring
-        if ring is not None:
-            ring.write(mono, self.clock.time())
+    def _opened(self, proc: subprocess.Popen[bytes]) -> dict[str, Any]:
+        """Wait for the child's first frame: the device it opened, or why it could not."""
+        assert proc.stdout is not None
+        cfg = self.config
+        end = time.monotonic() + self.OPEN_TIMEOUT  # real time: a process starting
+        while True:
+            left = end - time.monotonic()
+            if self.stop_event.is_set() or left <= 0:
+                self.close()
+                if self.stop_event.is_set():
+                    raise SourceError(f"microphone {cfg.id}: stopping")
+                raise SourceError(f"microphone {cfg.id}: the capture process did not open "
+                                  f"{cfg.device!r} within {self.OPEN_TIMEOUT:.0f} s")
+            ready, _, _ = select.select([proc.stdout], [], [], min(left, 0.25))
+            if ready:
+                break
+        frame = capture.read_frame(proc.stdout)
+        if frame is not None and frame[0] == b"I":
+            info: dict[str, Any] = json.loads(frame[1])
+            return info
+        self.close()
+        if frame is not None and frame[0] == b"E":
+            raise SourceError(str(json.loads(frame[1])["message"]))
+        raise SourceError(f"microphone {cfg.id}: the capture process failed: "
+                          f"{self._why_child_ended(proc)}")
 
-    def _finished(self) -> None:
-        logger.debug("microphone %s: PortAudio stream finished", self.config.id)
+    def _why_child_ended(self, proc: subprocess.Popen[bytes]) -> str:
+        try:
+            code = proc.wait(1.0)
+        except subprocess.TimeoutExpired:
+            code = None
+        tail = "; ".join(self._stderr_tail)
+        return (f"exit code {code}" if code is not None else "no answer") + (
+            f" ({tail})" if tail else "")
+
+    def _read_pipe(self, proc: subprocess.Popen[bytes], ring: SampleRing) -> None:
+        """The reader thread: the child's blocks into the ring, until its pipe ends."""
+        assert proc.stdout is not None
+        header = capture.OVERRUNS.size
+        try:
+            while True:
+                frame = capture.read_frame(proc.stdout)
+                if frame is None:
+                    self._ended = (f"microphone {self.config.id}: the capture process ended "
+                                   f"({self._why_child_ended(proc)})")
+                    return
+                kind, payload = frame
+                if kind == b"D":
+                    self._driver_overflows = capture.OVERRUNS.unpack_from(payload)[0]
+                    ring.write(np.frombuffer(payload, np.float32, offset=header),
+                               self.clock.time())
+                elif kind == b"E":
+                    self._ended = str(json.loads(payload)["message"])
+                    return
+        except (OSError, ValueError) as exc:  # the pipe closed under us: we closed it
+            self._ended = f"microphone {self.config.id}: capture pipe closed: {exc}"
+
+    def _log_stderr(self, proc: subprocess.Popen[bytes]) -> None:
+        """Native libraries' lines from the child (JACK, ALSA), at debug level."""
+        assert proc.stderr is not None
+        with contextlib.suppress(OSError, ValueError):
+            for raw in proc.stderr:
+                line = raw.decode(errors="replace").strip()
+                if line:
+                    self._stderr_tail.append(line)
+                    logger.debug("microphone %s: capture: %s", self.config.id, line)
 
     def read(self, max_wait: float, want: int = 0) -> AudioChunk | None:
-        ring, stream, resample = self._ring, self._stream, self._resample
-        if ring is None or stream is None or resample is None:
+        ring, resample = self._ring, self._resample
+        if ring is None or resample is None or self._proc is None:
             raise SourceLost(f"microphone {self.config.id}: not open")
         deadline = self.clock.monotonic() + max_wait
         # Sleep until the samples the reader needs should be there (at least one 20 ms
@@ -564,9 +541,8 @@ class MicrophoneSource(AudioSource):
         want = max(self._rate // 50, -(-want * self._rate // self.target_rate))
         while (have := ring.available()) < want:
             now = self.clock.monotonic()
-            if not stream.active:
-                raise SourceLost(f"microphone {self.config.id}: the input stream stopped "
-                                 f"(device {self.device_name!r} unplugged?)")
+            if self._ended is not None:
+                raise SourceLost(self._ended)
             if now - self._last_data > self.STALL_SECONDS:
                 raise SourceLost(f"microphone {self.config.id}: no audio from "
                                  f"{self.device_name!r} for {now - self._last_data:.1f} s")
@@ -578,32 +554,27 @@ class MicrophoneSource(AudioSource):
         samples = resample(chunk.samples)
         return AudioChunk(samples, chunk.end_time)
 
-    CLOSE_TIMEOUT = 2.0
-    """How long closing may take; PortAudio's JACK back end never returns once its server died."""
-
     def close(self) -> None:
         with self._lock:
-            stream, self._stream = self._stream, None
-        if stream is None:
+            proc, self._proc = self._proc, None
+        if proc is None:
             return
-
-        def close_stream() -> None:
-            try:
-                stream.abort(ignore_errors=True)
-                stream.close(ignore_errors=True)
-            except Exception as exc:  # closing a vanished device may fail; it is gone anyway
-                logger.debug("microphone %s: closing the stream: %s", self.config.id, exc)
-            PORTAUDIO.closed()
-
-        # Closed on a helper thread so that a hung driver cannot hang the worker with it.
-        closer = threading.Thread(target=close_stream, name=f"mic-close:{self.config.id}",
-                                  daemon=True)
-        closer.start()
-        closer.join(self.CLOSE_TIMEOUT)
-        if closer.is_alive():
-            logger.warning("microphone %s: the audio driver did not close the stream within "
-                           "%.0f s; leaving it behind and reopening", self.config.id,
-                           self.CLOSE_TIMEOUT)
+        # SIGKILL: nothing in the child needs cleaning up, and a driver stuck in native code
+        # (a vanished JACK server) cannot hold up a kill.
+        with contextlib.suppress(ProcessLookupError):
+            proc.kill()
+        try:
+            proc.wait(2.0)
+        except subprocess.TimeoutExpired:  # in the kernel's hands (a D-state driver call)
+            logger.warning("microphone %s: the capture process %d did not end within 2 s",
+                           self.config.id, proc.pid)
+        reader = self._reader
+        if reader is not None and reader is not threading.current_thread():
+            reader.join(1.0)
+        for pipe in (proc.stdout, proc.stderr):
+            if pipe is not None:
+                with contextlib.suppress(OSError):
+                    pipe.close()
 
 
 def _decode_pcm(raw: bytes, width: int, channels: int) -> FloatArray:

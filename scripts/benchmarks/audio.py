@@ -4,10 +4,11 @@ Every figure runs the real worker (WAV source or a JACK dummy sound card through
 the real YAMNet, lifecycle and event building) on this machine:
 
 - CPU per stream: a 16 kHz stream paced in real time for N seconds; process CPU time over
-  wall time, in % of one core (the main thread only sleeps meanwhile). Continuous: loud audio,
-  every window classified (2.08 windows/s at the default 0.48 s hop). Gated: quiet audio
-  (-80 dBFS against a -60 dBFS gate), the classifier never runs. Reference: the model alone at
-  the same window rate.
+  wall time, in % of one core (the main thread only sleeps meanwhile). With a sound card the
+  capture runs in a child process (``agent.sources.capture``): its CPU is added.
+  Continuous: loud audio, every window classified (2.08 windows/s at the default 0.48 s
+  hop). Gated: quiet audio (-80 dBFS against a -60 dBFS gate), the classifier never runs.
+  Reference: the model alone at the same window rate.
 - Per window, unpaced (as fast as the file reads): CPU per window of the whole pipeline
   (read, resample, levels, front end, model, lifecycle) against the model alone.
 - Latency: from the end of the window that decided an event to the event handed to the sink
@@ -69,6 +70,49 @@ def _cpu_share(worker: AudioWorker, seconds: float) -> tuple[float, dict[str, An
     return worker_cpu_share(worker, seconds, warmup=1.5)
 
 
+def _proc_cpu_s(pid: int | None) -> float:
+    """User + system CPU seconds of a process so far (0 once it is gone)."""
+    if pid is None:
+        return 0.0
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _proc_memory_mb(pid: int | None) -> tuple[float, float]:
+    """A process's private memory (RssAnon) and its whole resident set (VmRSS), in MB."""
+    if pid is None:
+        return 0.0, 0.0
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return 0.0, 0.0
+    kb = {x.split(":")[0]: int(x.split()[1]) for x in status.splitlines()
+          if x.startswith(("RssAnon:", "VmRSS:"))}
+    return kb.get("RssAnon", 0) / 1024.0, kb.get("VmRSS", 0) / 1024.0
+
+
+def _capture_cpu_share(worker: AudioWorker, seconds: float
+                       ) -> tuple[float, dict[str, Any], tuple[float, float]]:
+    """Like ``_cpu_share`` for a sound card, counting the capture child's CPU too.
+
+    Also returns the child's memory (``_proc_memory_mb``).
+    """
+    worker.start()
+    time.sleep(1.5)
+    pid = getattr(worker._source, "capture_pid", None)
+    cpu0, wall0 = time.process_time() + _proc_cpu_s(pid), time.perf_counter()
+    time.sleep(seconds)
+    cpu = time.process_time() + _proc_cpu_s(pid) - cpu0
+    wall = time.perf_counter() - wall0
+    rss = _proc_memory_mb(pid)
+    stats = worker.stats()
+    worker.stop()
+    return 100.0 * cpu / wall, stats, rss
+
+
 def _model_ms(classifier: AudioClassifier, n: int) -> float:
     x = _siren(1.0)[: classifier.window_samples]
     feed = classifier.features(x)
@@ -108,22 +152,33 @@ def _jack_rows(models_dir: Path, seconds: float, continuous_ref: float) -> list[
     os.environ.update(JACK_DEFAULT_SERVER=name, JACK_NO_START_SERVER="1")
     proc = _jack(name)
     rows: list[Row] = []
+    terminated = False
     try:
         if proc is None:
             return []
         PORTAUDIO.rescan_now()
         devices = [d for d in input_devices() if "JACK" in d["hostapi"]]
+        # The agent never runs PortAudio itself (its capture child does): a JACK client left
+        # here would be woken every period and counted against the stream.
+        sd._terminate()
+        terminated = True
         if not devices:
             return []
         dev = devices[0]["name"]
         # The dummy card records digital silence (-120 dBFS): a -120 gate classifies it all.
-        cont, s1 = _cpu_share(_worker(MicrophoneConfig(id="jack", device=dev, min_volume=-120),
-                                      models_dir, SystemClock()), seconds)
-        gated, s2 = _cpu_share(_worker(MicrophoneConfig(id="jack", device=dev, min_volume=-60),
-                                       models_dir, SystemClock()), seconds)
-        slow, s3 = _cpu_share(_worker(MicrophoneConfig(id="jack", device=dev, min_volume=-60,
-                                                       block_seconds=None),
-                                      models_dir, SystemClock()), seconds)
+        cont, s1, _ = _capture_cpu_share(_worker(
+            MicrophoneConfig(id="jack", device=dev, min_volume=-120), models_dir,
+            SystemClock()), seconds)
+        gated, s2, rss = _capture_cpu_share(_worker(
+            MicrophoneConfig(id="jack", device=dev, min_volume=-60), models_dir,
+            SystemClock()), seconds)
+        slow, s3, _ = _capture_cpu_share(_worker(
+            MicrophoneConfig(id="jack", device=dev, min_volume=-60, block_seconds=None),
+            models_dir, SystemClock()), seconds)
+        rows.append(Row(SECTION, "capture process private memory (RssAnon), JACK", rss[0],
+                        "MB", "its whole resident set (VmRSS)", rss[1], None, None,
+                        "the child that runs PortAudio for one microphone; most of VmRSS is "
+                        "the JACK server's shared memory"))
         rows += [
             Row(SECTION, "CPU per stream, JACK capture, continuous", cont, "% core",
                 "WAV replay, continuous", continuous_ref, "< 3", cont < 3.0,
@@ -139,9 +194,14 @@ def _jack_rows(models_dir: Path, seconds: float, continuous_ref: float) -> list[
         ]
     finally:
         if proc is not None:
-            sd._terminate()  # before the server goes: PortAudio's JACK back end aborts otherwise
+            if not terminated:  # before the server goes: PortAudio's JACK back end aborts
+                sd._terminate()
             proc.terminate()
-            proc.wait(5)
+            try:
+                proc.wait(5)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(5)
             sd._initialize()
         for k, v in old.items():
             if v is None:

@@ -5,8 +5,9 @@
 if it is running when PortAudio initialises, so the fixture re-initialises it after start.
 
 PortAudio's JACK host API aborts the whole process if it is shut down after its server went
-away, so the in-process fixture shuts PortAudio down before stopping jackd, and the test that
-pulls the server out from under a running microphone runs the microphone in a child process.
+away, so the in-process fixture (which lists devices here) shuts PortAudio down before
+stopping jackd. The microphone itself captures in a child process of its own
+(``agent.sources.capture``), so a test may kill the server under a running microphone.
 """
 
 from __future__ import annotations
@@ -187,3 +188,37 @@ def test_a_vanished_sound_card_is_reported_and_retried(
     final = lines[-1]
     assert final["alive"] is True  # still trying, never crashed
     assert final["stats"]["state"] in ("reconnecting", "running")  # type: ignore[index]
+
+
+def test_the_microphone_comes_back_after_the_sound_server_restarts(
+    models_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pytest.importorskip("sounddevice")
+    name = f"edgeagentback{os.getpid()}"
+    monkeypatch.setenv("JACK_DEFAULT_SERVER", name)
+    monkeypatch.setenv("JACK_NO_START_SERVER", "1")
+    proc = _start_jackd(name)
+    run = start(models_dir, id="back", device="system", realtime=True, reconnect_min_s=0.2,
+                reconnect_max_s=1.0)
+    try:
+        wait_for(lambda: run.worker.stats()["windows"] >= 1, timeout=30)
+        _stop_jackd(proc)  # the server dies under the running microphone
+        wait_for(lambda: run.worker.tracker.state is SourceState.RECONNECTING, timeout=30)
+        time.sleep(3.0)  # several attempts while it is away: still reconnecting, not error
+        assert run.worker.tracker.state is SourceState.RECONNECTING
+        assert run.worker.alive
+        proc = _start_jackd(name)  # back, with no restart of the microphone or the agent
+        wait_for(lambda: run.worker.tracker.state is SourceState.RUNNING, timeout=30)
+        windows = run.worker.stats()["windows"]
+        wait_for(lambda: run.worker.stats()["windows"] >= windows + 3, timeout=30)
+    finally:
+        run.worker.stop()
+        _stop_jackd(proc)
+    states = [s.state.value for s in run.states]
+    first_lost = states.index("reconnecting")
+    assert states[:first_lost] == ["running"], states
+    assert set(states[first_lost:-2]) == {"reconnecting"}, states  # never error while away
+    assert states[-2:] == ["running", "stopped"], states
+    lost = run.states[first_lost]
+    assert lost.detail is not None and lost.detail.startswith("microphone back: ")
+    assert run.states[-2].reconnects == 1
