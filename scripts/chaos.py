@@ -2,7 +2,7 @@
 """Fault injection and soak against the real agent: proof that nothing is lost.
 
 The agent runs as systemd runs it (``python -m agent run -c FILE``, a child process) with an
-MJPEG camera (``demo/street.avi`` served over HTTP by ``tests.vision.mjpeg.MjpegServer``), a
+MJPEG camera (``demo/street.avi`` served over HTTP by ``scripts.harness.mjpeg.MjpegServer``), a
 WAV microphone (``demo/sounds.wav``, looped in real time), a synthetic source at a known rate,
 and the demo's two composite rules, against a real local Mosquitto. A subscriber with a
 persistent session records everything while faults are injected on a seeded schedule:
@@ -62,9 +62,9 @@ sys.path.insert(0, str(REPO))
 
 from agent.outbox.store import DROP_REASONS  # noqa: E402
 from agent.stats import read_cpu_seconds, read_status  # noqa: E402
-from tests.agent_process import AgentProcess, base_config  # noqa: E402
-from tests.broker import MOSQUITTO, Broker, Recorder  # noqa: E402
-from tests.vision.mjpeg import MjpegServer  # noqa: E402
+from scripts.harness.agent_process import AgentProcess, base_config  # noqa: E402
+from scripts.harness.broker import MOSQUITTO, Broker, Recorder  # noqa: E402
+from scripts.harness.mjpeg import MjpegServer  # noqa: E402
 
 DEVICE = "chaos-edge"
 BASE = f"edge-agent/{DEVICE}"

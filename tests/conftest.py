@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.agent_process import AgentProcess
-from tests.broker import MOSQUITTO, Broker, Recorder
+from scripts.harness.agent_process import AgentProcess
+from scripts.harness.broker import MOSQUITTO, Broker, Recorder
 
 
 @pytest.fixture

@@ -13,8 +13,8 @@ from typing import Any
 
 import pytest
 
-from tests.agent_process import REPO, AgentProcess, base_config, events_of
-from tests.broker import Broker
+from scripts.harness.agent_process import REPO, AgentProcess, base_config, events_of
+from scripts.harness.broker import Broker
 
 DEMO = REPO / "demo"
 

@@ -21,7 +21,7 @@ from agent.mqtt.link import MqttLink
 from agent.outbox.config import OutboxConfig
 from agent.outbox.store import Outbox, OutboxMessage
 from scripts.benchmarks import Row
-from tests.broker import Broker
+from scripts.harness.broker import Broker
 
 REPO = Path(__file__).resolve().parents[2]
 INFLIGHT = 20

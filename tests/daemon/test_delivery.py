@@ -10,8 +10,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from tests.agent_process import AgentProcess, base_config, events_of
-from tests.broker import Broker, Recorder
+from scripts.harness.agent_process import AgentProcess, base_config, events_of
+from scripts.harness.broker import Broker, Recorder
 
 TOPIC = "edge-agent/test-edge/#"
 

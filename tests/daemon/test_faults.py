@@ -13,9 +13,9 @@ from typing import Any
 import numpy as np
 import pytest
 
-from tests.agent_process import REPO, AgentProcess, base_config, events_of
-from tests.broker import Broker
-from tests.vision.mjpeg import MjpegServer
+from scripts.harness.agent_process import REPO, AgentProcess, base_config, events_of
+from scripts.harness.broker import Broker
+from scripts.harness.mjpeg import MjpegServer
 
 
 def _openssl(*args: str, cwd: Path) -> None:

@@ -6,8 +6,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from tests.agent_process import AgentProcess, base_config
-from tests.broker import Broker
+from scripts.harness.agent_process import AgentProcess, base_config
+from scripts.harness.broker import Broker
 
 
 def composites(rec: Any) -> list[dict[str, Any]]:

@@ -13,10 +13,10 @@ import signal
 import time
 from pathlib import Path
 
-from tests.agent_process import AgentProcess, base_config
+from scripts.harness.agent_process import AgentProcess, base_config
+from scripts.harness.broker import Broker, Recorder
 from tests.audio.samples import models_dir  # noqa: F401  (fixture)
 from tests.audio.test_jack import _start_jackd, _stop_jackd
-from tests.broker import Broker, Recorder
 
 SOURCES = ["s1", "s2", "s3"]
 
@@ -118,7 +118,7 @@ def test_a_stop_stuck_anywhere_still_ends_the_process_within_5_s(
     import subprocess
     import sys
 
-    from tests.agent_process import REPO
+    from scripts.harness.agent_process import REPO
 
     agent = AgentProcess(tmp_path, base_config(tmp_path, broker.port,
                                                synthetic=[{"id": "s1", "rate": 5}]))

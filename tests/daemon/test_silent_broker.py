@@ -18,8 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.agent_process import AgentProcess, base_config
-from tests.broker import Broker, free_port
+from scripts.harness.agent_process import AgentProcess, base_config
+from scripts.harness.broker import Broker, free_port
 
 KEEPALIVE = 5  # the smallest keepalive the config allows
 

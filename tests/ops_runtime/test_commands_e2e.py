@@ -11,8 +11,8 @@ from typing import Any
 import psutil
 
 from agent import __version__
-from tests.agent_process import AgentProcess, base_config, events_of
-from tests.broker import Broker, Recorder
+from scripts.harness.agent_process import AgentProcess, base_config, events_of
+from scripts.harness.broker import Broker, Recorder
 
 BASE = "edge-agent/test-edge"
 RULE = {"id": "burst", "name": "Burst", "window_seconds": 0.5, "min_events": 3,

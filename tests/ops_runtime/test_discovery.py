@@ -10,8 +10,8 @@ import pytest
 
 from agent.config import AgentConfig, load_config
 from agent.mqtt.discovery import discovery_messages, remove_discovery
-from tests.agent_process import AgentProcess, base_config
-from tests.broker import Broker, Recorder
+from scripts.harness.agent_process import AgentProcess, base_config
+from scripts.harness.broker import Broker, Recorder
 
 SOURCES = {
     "synthetic": [{"id": "s1", "labels": ["person", "dog"]},

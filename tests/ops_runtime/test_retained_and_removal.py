@@ -10,8 +10,8 @@ from typing import Any
 
 import paho.mqtt.publish as publish
 
-from tests.agent_process import REPO, AgentProcess, base_config
-from tests.broker import Broker
+from scripts.harness.agent_process import REPO, AgentProcess, base_config
+from scripts.harness.broker import Broker
 
 
 def test_a_retained_command_is_ignored(tmp_path: Path, broker: Broker, recorder: Any) -> None:

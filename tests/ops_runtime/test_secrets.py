@@ -18,8 +18,8 @@ from typing import Any
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
-from tests.agent_process import AgentProcess, base_config
-from tests.broker import Broker
+from scripts.harness.agent_process import AgentProcess, base_config
+from scripts.harness.broker import Broker
 
 MQTT_PASSWORD = "Mq77-Secret-Pw"
 CAMERA_PASSWORD = "S3cretCam"

@@ -5,8 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from tests.agent_process import REPO, AgentProcess, base_config
-from tests.broker import Broker
+from scripts.harness.agent_process import REPO, AgentProcess, base_config
+from scripts.harness.broker import Broker
 from tests.ops_runtime.test_commands_e2e import command
 
 

@@ -19,8 +19,8 @@ from agent.notify import SystemdNotifier
 from agent.pipeline.base import Worker
 from agent.sources.base import SourceState
 from agent.sources.config import SourceCommon
-from tests.agent_process import base_config
-from tests.broker import Broker
+from scripts.harness.agent_process import base_config
+from scripts.harness.broker import Broker
 
 
 class HangingWorker(Worker):

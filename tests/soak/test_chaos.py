@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from scripts.chaos import REPO, Settings, run
-from tests.broker import MOSQUITTO
+from scripts.harness.broker import MOSQUITTO
 
 pytestmark = [
     pytest.mark.soak,

@@ -16,10 +16,10 @@ from agent.events.schema import DeviceRef
 from agent.pipeline.vision import VisionWorker
 from agent.sources.base import SourceState, StateTracker
 from agent.sources.camera import CameraCapture, CameraConfig, Frame, infer_type, redact_url
+from scripts.harness.mjpeg import MjpegServer, free_port
 from scripts.scenes import static_video, write_images, write_video
 from tests.vision.conftest import Collector
 from tests.vision.fakes import RedSquareDetector, red_square_frames
-from tests.vision.mjpeg import MjpegServer, free_port
 
 # -- credentials ------------------------------------------------------------------------------
 

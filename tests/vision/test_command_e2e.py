@@ -19,9 +19,9 @@ from typing import Any
 
 import pytest
 
+from scripts.harness.agent_process import AgentProcess, base_config, events_of
+from scripts.harness.broker import Broker, Received
 from scripts.scenes import crossing_video
-from tests.agent_process import AgentProcess, base_config, events_of
-from tests.broker import Broker, Received
 
 pytestmark = [
     pytest.mark.slow,

@@ -20,9 +20,9 @@ from agent.clock import SystemClock
 from agent.sources import native_log
 from agent.sources.base import SourceState, StateTracker
 from agent.sources.camera import CameraCapture, CameraConfig
+from scripts.harness.agent_process import AgentProcess, base_config
+from scripts.harness.broker import Broker, Received
 from scripts.scenes import static_video
-from tests.agent_process import AgentProcess, base_config
-from tests.broker import Broker, Received
 from tests.vision.conftest import Collector
 from tests.vision.rtsp import RtspResponder
 
