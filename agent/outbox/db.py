@@ -21,7 +21,7 @@ import sqlite3
 import struct
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 FILE_NAME = "outbox.db"
 CORRUPT_INFIX = ".corrupt-"
@@ -349,7 +349,7 @@ _PROBE_MAX = 5_000_000
 _ROW_SQL = "SELECT id, ts, stream, kind, topic, retain, sheddable, payload FROM messages"
 
 
-def _checked_row(raw: tuple[object, ...]) -> NewRow | None:
+def _checked_row(raw: tuple[Any, ...]) -> NewRow | None:
     """A row as read from a damaged file, None if its values cannot be a message's."""
     key, ts, stream, kind, topic, retain, sheddable, payload = raw
     if not (isinstance(key, int) and isinstance(ts, (int, float)) and isinstance(stream, str)
@@ -362,6 +362,25 @@ def _checked_row(raw: tuple[object, ...]) -> NewRow | None:
         except ValueError:
             return None
     return NewRow(key, float(ts), stream, kind, topic, bool(retain), bool(sheddable), payload)
+
+
+def _restore_length(path: Path) -> None:
+    """Give a truncated database file back its recorded length (a sparse tail of zeros).
+
+    SQLite refuses every query on a file shorter than its header says, even those that
+    need only the pages still there; zeros in place of the lost pages read as damage where
+    they are, and the rest can be read.
+    """
+    with path.open("r+b") as f:
+        header = f.read(100)
+        if len(header) < 100 or not header.startswith(b"SQLite format 3\0"):
+            return
+        page_size = struct.unpack_from(">H", header, 16)[0]
+        page_size = 65536 if page_size == 1 else page_size
+        pages = struct.unpack_from(">I", header, 28)[0]
+        length = f.seek(0, 2)
+        if 0 < pages <= (1 << 31) // page_size and length < pages * page_size:
+            f.truncate(pages * page_size)
 
 
 class SalvageStore:
@@ -380,6 +399,8 @@ class SalvageStore:
         """Why reading stopped early, or "" if every row was read."""
         self._con: sqlite3.Connection | None = None
         self._next_key: int | None = None
+        with contextlib.suppress(OSError):
+            _restore_length(path)
         try:
             self._con = sqlite3.connect(f"{path.absolute().as_uri()}?mode=ro", uri=True,
                                         isolation_level=None)
@@ -443,15 +464,22 @@ class SalvageStore:
         keys = list(range(last + 1, min(end, last + 1 + _PROBE_MAX)))
         keys.extend(reversed(tail))
         batch = []
+        # A damaged page can hide a row without an error (its cell reads as another key).
+        # A key found missing between two keys that were there (or failed) is counted as
+        # unreadable: it may have been delivered before, but nothing is lost uncounted.
+        inside, missing = last > 0, 0
         for key in keys:
             try:
                 raw = con.execute(f"{_ROW_SQL} WHERE id = ?", (key,)).fetchone()
             except sqlite3.Error:
-                self.unreadable += 1
-                continue
+                raw = ()
             if raw is None:
+                missing += 1
                 continue
-            row = _checked_row(raw)
+            if inside:
+                self.unreadable += missing
+            inside, missing = True, 0
+            row = _checked_row(raw) if raw else None
             if row is None:
                 self.unreadable += 1
                 continue

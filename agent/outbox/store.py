@@ -336,7 +336,9 @@ class Outbox:
         if wal.exists():
             wal.rename(aside.with_name(f"{aside.name}-wal"))
         (self._path / f"{dbfile.FILE_NAME}-shm").unlink(missing_ok=True)
-        self._corrupt = (aside, str(exc) or type(exc).__name__)
+        # quick_check's report spans lines ("*** in database main ***\nPage 88: ...").
+        cause = " ".join(str(exc).replace("*** in database main ***", "").split())
+        self._corrupt = (aside, cause or type(exc).__name__)
         self._find_aside()
         return self._open_db()
 
@@ -432,6 +434,13 @@ class Outbox:
                     no_room += len(rows)
         finally:
             source.close()
+            # Reading it made an empty WAL and an index beside it: not part of the evidence.
+            (aside.parent / f"{aside.name}-shm").unlink(missing_ok=True)
+            wal = aside.parent / f"{aside.name}-wal"
+            with contextlib.suppress(OSError):
+                if wal.stat().st_size == 0:
+                    wal.unlink()
+            self._find_aside()
         counters.drops["corrupt"] = counters.drops.get("corrupt", 0) + source.unreadable
         counters.drops["disk_full"] = counters.drops.get("disk_full", 0) + no_room
         counters.next_key = max(counters.next_key, last + 1)
