@@ -8,6 +8,7 @@ that says what is wrong.
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Callable
 
 SUMMARY_INTERVAL_S = 60.0
@@ -25,6 +26,7 @@ class RepeatSummary:
 
     def __init__(self, logger: logging.Logger, subject: str, clock: Callable[[], float],
                  level: int = logging.WARNING, interval: float = SUMMARY_INTERVAL_S) -> None:
+        self._lock = threading.Lock()  # callers may be several threads (the daemon's workers)
         self._logger = logger
         self._subject = subject
         self._clock = clock
@@ -41,17 +43,22 @@ class RepeatSummary:
 
     def add(self, reason: str, count: int, first_line: Callable[[], str]) -> None:
         """Count ``count`` occurrences; ``first_line()`` is logged when an episode starts."""
-        now = self._clock()
-        self._last_add = now
-        if self._since is None:
-            self._since = now
-            self._logger.log(self._level, "%s", first_line())
-            return
-        self._counts[reason] = self._counts.get(reason, 0) + count
-        self.tick()
+        with self._lock:
+            now = self._clock()
+            self._last_add = now
+            if self._since is None:
+                self._since = now
+                self._logger.log(self._level, "%s", first_line())
+                return
+            self._counts[reason] = self._counts.get(reason, 0) + count
+            self._tick()
 
     def tick(self) -> None:
         """Write the count once an interval has passed; end the episode after a quiet one."""
+        with self._lock:
+            self._tick()
+
+    def _tick(self) -> None:
         if self._since is None:
             return
         now = self._clock()
