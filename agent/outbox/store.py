@@ -165,6 +165,7 @@ class _Plan:
 
 
 _NO_PLAN = _Plan()  # shared: nothing to do (never modified)
+_NO_KEYS: list[int] = []  # shared: no keys (never modified)
 
 
 def _size(kind: str, topic: str, stream: str, payload_size: int) -> int:
@@ -241,6 +242,8 @@ class Outbox:
         # Disk pressure: the most the outbox may hold given the free space (bytes), when and
         # at what size that was measured, and whether the file system is short.
         self._disk_cap = config.max_bytes
+        self._limit = config.max_bytes  # min(max_bytes - set-aside bytes, _disk_cap)
+        self._puts = 0
         self._space_checked = float("-inf")
         self._space_bytes = 0
         self._space_room = 0
@@ -469,10 +472,12 @@ class Outbox:
                 found[base] = found.get(base, 0) + path.stat().st_size
         self._aside = [(self._path / name, size) for name, size in sorted(found.items())]
         self._aside_bytes = sum(size for _, size in self._aside)
+        self._update_limit()
 
     def _remove_oldest_aside(self) -> None:
         path, size = self._aside.pop(0)
         self._aside_bytes -= size
+        self._update_limit()
         for name in (path.name, f"{path.name}-wal", f"{path.name}-shm"):
             with contextlib.suppress(OSError):
                 (path.parent / name).unlink()
@@ -557,6 +562,12 @@ class Outbox:
         self._space_room = int(room / _DISK_PER_BYTE)
         self._space_bytes = self._bytes
         self._disk_cap = self._bytes + self._space_room
+        self._update_limit()
+
+    def _update_limit(self) -> None:
+        """What the outbox may hold now: ``max_bytes`` less the set-aside files, and no
+        more than the file system has room for."""
+        self._limit = min(self._config.max_bytes - self._aside_bytes, self._disk_cap)
 
     def _checkpoint(self) -> None:
         with self._db_lock, contextlib.suppress(*_DB_ERRORS):
@@ -663,7 +674,11 @@ class Outbox:
             self._check_open()
             now = self._clock.time()
             self._expire_locked(now)
-            self._check_space()
+            # The daemon's housekeeping (expire) measures the space each second; a caller
+            # that never calls it gets a measurement at most once a second from here.
+            self._puts += 1
+            if not self._puts & 63 or self._puts == 1:
+                self._check_space()
             sizes = [_size(m.kind, m.topic, m.stream, len(m.payload)) for m in messages]
             for _ in range(2):
                 plan = self._plan_room(sum(sizes), len(messages))
@@ -690,7 +705,7 @@ class Outbox:
                    dbfile.maybe_sheddable(m.kind, m.payload), m.payload)
             for i, m in enumerate(messages)
         ]
-        acked = list(self._ack_pending)
+        acked = list(self._ack_pending) if self._ack_pending else _NO_KEYS
         flush = bool(plan) or bool(acked) or self._flush_due()
         with self._db_lock:
             if count == 1 and not flush:
@@ -737,12 +752,12 @@ class Outbox:
         # Messages being acknowledged are as good as gone: their delete commits before ours
         # (or with it, for those whose delete is still pending).
         gone_bytes = self._acking_bytes + self._ack_pending_bytes
-        over_bytes = self._bytes - gone_bytes + add_bytes - self._limit()
+        over_bytes = self._bytes - gone_bytes + add_bytes - self._limit
         # Set-aside corrupt files count against max_bytes and go first, oldest first.
         while over_bytes > 0 and self._aside:
             self._remove_oldest_aside()
             self._check_space(force=True)
-            over_bytes = self._bytes - gone_bytes + add_bytes - self._limit()
+            over_bytes = self._bytes - gone_bytes + add_bytes - self._limit
         over_count = 0
         if config.max_events is not None:
             if add_count > config.max_events:
@@ -791,11 +806,6 @@ class Outbox:
             self._refuse("disk_full", add_count)
             return None
         return plan
-
-    def _limit(self) -> int:
-        """What the outbox may hold now: ``max_bytes`` less the set-aside files, and no
-        more than the file system has room for."""
-        return min(self._config.max_bytes - self._aside_bytes, self._disk_cap)
 
     def _stripped(self, key: int) -> tuple[bytes, int] | None:
         """Event ``key``'s payload without inline media and its new size; None if nothing."""
@@ -958,9 +968,10 @@ class Outbox:
             self._check_open()
             known = [k for k in keys
                      if k in self._meta and k not in self._acking and k not in self._ack_pending]
-            if not known and not self._ack_pending:
+            if self._ack_pending:
+                known.extend(self._take_pending())
+            if not known:
                 return
-            known.extend(self._take_pending())
             for key in known:
                 size = self._acking[key] = self._meta[key].size
                 self._acking_bytes += size
@@ -1021,10 +1032,12 @@ class Outbox:
 
     def _acked_committed(self, keys: list[int]) -> None:
         """Their delete has committed: forget them (``_lock`` held)."""
+        pending = self._ack_pending
         for key in keys:
-            size = self._ack_pending.pop(key, None)
-            if size is not None:
-                self._ack_pending_bytes -= size
+            if pending:
+                size = pending.pop(key, None)
+                if size is not None:
+                    self._ack_pending_bytes -= size
             self._forget(key)
 
     def release(self, keys: Iterable[int]) -> None:
