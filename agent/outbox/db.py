@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import itertools
 import json
 import sqlite3
 import struct
@@ -461,8 +462,7 @@ class SalvageStore:
         except sqlite3.Error:
             pass
         end = tail[-1] if tail else max(last, (self._next_key or 1) - 1) + 1
-        keys = list(range(last + 1, min(end, last + 1 + _PROBE_MAX)))
-        keys.extend(reversed(tail))
+        keys = itertools.chain(range(last + 1, min(end, last + 1 + _PROBE_MAX)), reversed(tail))
         batch = []
         # A damaged page can hide a row without an error (its cell reads as another key).
         # A key found missing between two keys that were there (or failed) is counted as

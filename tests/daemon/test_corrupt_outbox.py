@@ -75,3 +75,4 @@ def test_agent_starts_on_a_corrupt_outbox_and_delivers_what_it_saved(
     else:
         assert saved and corrupt > 0 and len(saved) + corrupt == COUNT, (len(saved), corrupt)
     assert list(outbox.glob("outbox.db.corrupt-*")), "the damaged file is kept"
+    print(f"\n{how}: stored {COUNT}, delivered {len(saved)}, counted corrupt {corrupt}")
