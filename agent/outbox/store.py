@@ -1081,12 +1081,7 @@ class Outbox:
         with self._lock:
             self._drop_log.tick()
             self._error_log.tick()
-            try:
-                return self._expire_locked(self._clock.time())
-            except OutboxError as exc:
-                line = f"{exc}; expired messages are dropped later"
-                self._error_log.add("ttl", 1, lambda: line)
-                return 0
+            return self._expire_locked(self._clock.time())
 
     def _expire_locked(self, now: float) -> int:
         ttl = self._config.ttl
@@ -1109,9 +1104,14 @@ class Outbox:
                 self._db.delete(victims)
                 self._db.set_counters(counters.to_json())
         except _DB_ERRORS as exc:
-            if dbfile.is_full(exc):
-                self._release_reserve()
-            raise self._error("write", exc) from exc
+            if not dbfile.is_full(exc):
+                raise self._error("write", exc) from exc
+            # Expired messages stay until a later try: a full disk must not fail the put
+            # or the claim that came here first.
+            self._release_reserve()
+            line = f"{self._error('write', exc)}; messages past their ttl are dropped later"
+            self._error_log.add("ttl", 1, lambda: line)
+            return 0
         self._counters = counters
         self._flushed()
         for key in victims:
