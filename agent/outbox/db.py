@@ -37,6 +37,7 @@ WAL_LIMIT_MAX = 4 * 1024 * 1024
 WAL_LIMIT_MIN = 128 * 1024
 # SQLite's primary result codes (the low byte of an extended one).
 _SQLITE_CORRUPT, _SQLITE_FULL, _SQLITE_NOTADB = 11, 13, 26
+_SQLITE_IOERR_SHMSIZE = 10 | (19 << 8)  # extended code; not in typeshed's sqlite3
 # Page cache per connection (negative: KiB). Rows are read about once, so a small one does.
 _CACHE_KIB = -2048
 # SQLite's default limit on bound parameters in one statement is 32766; stay well under.
@@ -109,10 +110,15 @@ def is_corrupt(exc: BaseException) -> bool:
 
 
 def is_full(exc: BaseException) -> bool:
-    """The file system (or a quota) refused to grow a file."""
+    """The file system (or a quota) refused to grow a file.
+
+    SQLite says SQLITE_FULL for the database and its WAL, but "disk I/O error"
+    (SQLITE_IOERR_SHMSIZE) when the WAL index (-shm) cannot grow: opening on a full disk.
+    """
     if isinstance(exc, OSError):
         return exc.errno in (errno.ENOSPC, errno.EDQUOT)
-    return error_code(exc) == _SQLITE_FULL
+    return (error_code(exc) == _SQLITE_FULL
+            or getattr(exc, "sqlite_errorcode", None) == _SQLITE_IOERR_SHMSIZE)
 
 
 def wal_limit(max_bytes: int, free_bytes: int | None) -> int:

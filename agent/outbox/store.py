@@ -305,14 +305,20 @@ class Outbox:
             if free is not None and free < self._config.min_free_bytes + self._reserve_bytes:
                 # Opening may need room for the WAL index and a checkpoint.
                 self._release_reserve()
-            try:
-                return self._open_db()
-            except _DB_ERRORS as exc:
-                if dbfile.is_full(exc) and self._release_reserve():
+            while True:
+                try:
                     return self._open_db()
-                if not dbfile.is_corrupt(exc):
-                    raise
-                return self._set_aside(exc)
+                except _DB_ERRORS as exc:
+                    if dbfile.is_full(exc):
+                        # Room for the WAL index: the reserve, then set-aside files.
+                        if self._release_reserve():
+                            continue
+                        if self._aside:
+                            self._remove_oldest_aside()
+                            continue
+                    if not dbfile.is_corrupt(exc):
+                        raise
+                    return self._set_aside(exc)
         except _DB_ERRORS as exc:
             self._release_resources()
             raise self._error("open", exc) from exc

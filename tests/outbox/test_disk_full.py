@@ -200,3 +200,21 @@ def test_ttl_on_a_completely_full_disk_fails_nothing(fs: Path) -> None:
         # stored) or refused: counted either way.
         assert stats.drops["ttl"] == 90
         assert stats.drops["ttl"] + stats.depth + stats.drops["disk_full"] == 101
+
+
+def test_opens_on_a_full_disk_without_its_reserve_by_removing_set_aside_files(
+    fs: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    cfg = config(fs)
+    with Outbox(cfg) as outbox:
+        for n in range(200):
+            assert outbox.put(event(n))
+    aside = fs / "outbox" / "outbox.db.corrupt-20260101T000000Z"
+    aside.write_bytes(b"\0" * 200 * 1024)
+    (fs / "outbox" / "outbox.reserve").unlink()  # spent before the restart
+    fill(fs / "filler")
+    with Outbox(cfg) as outbox:
+        assert deliver(outbox) == list(range(200))
+    assert not aside.exists()
+    assert any("removed outbox.db.corrupt-20260101T000000Z" in r.getMessage()
+               for r in caplog.records)
