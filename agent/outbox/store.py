@@ -12,6 +12,12 @@ into it on open. An in-memory index (rebuilt on open from the rows' metadata, wi
 reading the payloads) keeps ``claim``, bounds and TTL from scanning the database, and
 recently put messages stay in memory (bounded) so live delivery does not read back what it
 has just written.
+
+Disk pressure is a state, not an error: the bound shrinks to what the file system has room
+for above ``min_free_bytes`` (measured once a second), so ``on_full`` makes room before the
+file system refuses; a reserve file is given back when space runs short, so deletes and
+checkpoints always can; a delete that still cannot commit is remembered and retried. A
+corrupt ``outbox.db`` is set aside and what can be read is saved into a fresh one.
 """
 
 from __future__ import annotations
