@@ -35,6 +35,7 @@ from agent.mqtt.discovery import DiscoveryAnnouncer
 from agent.mqtt.link import MqttLink, Topics
 from agent.notify import SystemdNotifier
 from agent.outbox.store import Outbox, OutboxError, OutboxMessage
+from agent.outbox.summary import RepeatSummary
 from agent.pipeline.audio import build_audio_worker
 from agent.pipeline.base import Worker
 from agent.pipeline.synthetic import SyntheticWorker
@@ -138,6 +139,8 @@ class Dispatcher:
         # gap (a loss) from a duplicate. seq restarts at 0 with each run of the agent.
         self.run_id = uuid.uuid4().hex[:12]
         self._seq: Counter[str] = Counter()
+        self._store_errors = RepeatSummary(logger, "events not stored (outbox_error)",
+                                           time.monotonic, level=logging.ERROR)
 
     def set_config(self, config: AgentConfig) -> None:
         self._config = config
@@ -180,6 +183,7 @@ class Dispatcher:
 
     def tick(self) -> None:
         """Let rule windows close with time, even when no event arrives."""
+        self._store_errors.tick()
         if self.engine is not None:
             with self.engine_lock:
                 composites = self.engine.tick()
@@ -190,7 +194,8 @@ class Dispatcher:
             return self._outbox.put_many(messages)
         except OutboxError as exc:
             self._count("outbox_error")
-            logger.error("%s: event not stored (counted as outbox_error): %s", origin, exc)
+            line = f"{origin}: event not stored (counted as outbox_error): {exc}"
+            self._store_errors.add("outbox_error", 1, lambda: line)
             return False
 
 
@@ -394,7 +399,8 @@ class Daemon:
 
     def _status_line(self) -> str:
         ob = self.outbox.stats()
-        return (f"{len(self.workers)} sources, outbox {ob.depth} events, "
+        return (f"{len(self.workers)} sources, outbox {ob.depth} events"
+                f"{' (disk full)' if ob.disk_full else ''}, "
                 f"mqtt {'connected' if self.link.connected else 'disconnected'}")
 
     def stats(self) -> dict[str, Any]:
@@ -413,7 +419,7 @@ class Daemon:
             "outbox": {
                 "depth": ob.depth, "bytes": ob.bytes, "oldest_age_s": ob.oldest_age_s,
                 "in_flight": ob.in_flight, "enqueued": ob.enqueued, "acked": ob.acked,
-                "shed": ob.shed,
+                "shed": ob.shed, "disk_full": ob.disk_full, "set_aside_bytes": ob.set_aside_bytes,
             },
             "drops": drops,
             "events_accepted": self.dispatcher.accepted,

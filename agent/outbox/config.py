@@ -21,6 +21,11 @@ class OutboxConfig(BaseModel):
     max_events: int | None = Field(default=None, ge=1)
     ttl: float | None = Field(default=None, gt=0, description="seconds; older events are dropped")
     on_full: Literal["drop_oldest", "reject_new", "shed_images"] = "drop_oldest"
+    min_free_bytes: int = Field(
+        default=16 * 1024 * 1024, ge=0,
+        description="free space kept on the outbox's file system: below it the outbox stops "
+                    "growing and makes room by on_full, before the file system refuses writes",
+    )
     durability: Literal["full", "normal"] = Field(
         default="full",
         description="full: fsync every commit, survives power loss; normal: fewer writes",

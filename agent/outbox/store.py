@@ -12,6 +12,12 @@ into it on open. An in-memory index (rebuilt on open from the rows' metadata, wi
 reading the payloads) keeps ``claim``, bounds and TTL from scanning the database, and
 recently put messages stay in memory (bounded) so live delivery does not read back what it
 has just written.
+
+Disk pressure is a state, not an error: the bound shrinks to what the file system has room
+for above ``min_free_bytes`` (measured once a second), so ``on_full`` makes room before the
+file system refuses; a reserve file is given back when space runs short, so deletes and
+checkpoints always can; a delete that still cannot commit is remembered and retried. A
+corrupt ``outbox.db`` is set aside and what can be read is saved into a fresh one.
 """
 
 from __future__ import annotations
@@ -21,10 +27,12 @@ import errno
 import fcntl
 import json
 import logging
+import os
 import shutil
 import sqlite3
 import sys
 import threading
+import time
 from bisect import insort
 from collections import OrderedDict, deque
 from collections.abc import Iterable, Iterator, Sequence
@@ -36,13 +44,27 @@ from agent.clock import Clock, SystemClock
 from agent.outbox import db as dbfile
 from agent.outbox.config import OutboxConfig
 from agent.outbox.db import NewRow, OutboxDb
+from agent.outbox.summary import RepeatSummary
 
 logger = logging.getLogger(__name__)
 
-DROP_REASONS = ("full_drop_oldest", "full_reject_new", "max_events", "ttl", "too_large")
-"""Keys of ``OutboxStats.drops``: why a message was dropped or refused."""
+DROP_REASONS = ("full_drop_oldest", "full_reject_new", "max_events", "ttl", "too_large",
+                "disk_full", "corrupt")
+"""Keys of ``OutboxStats.drops``: why a message was dropped or refused.
+
+``disk_full``: refused because the file system had no room even after making room by
+``on_full``; ``corrupt``: could not be read back from a damaged ``outbox.db``.
+"""
 
 _LOCK_NAME = "outbox.lock"
+# Released when the file system runs short, so that deleting (which needs room in the WAL)
+# and checkpointing always can; made again once there is room.
+RESERVE_NAME = "outbox.reserve"
+# Free space is measured at most this often (seconds), and sooner once the outbox has grown
+# by half of the room the last measurement left.
+_SPACE_CHECK_S = 1.0
+# Bytes on disk per byte counted against max_bytes, at worst (SQLite's page fill, 1 KB rows).
+_DISK_PER_BYTE = 1.3
 # What one message counts against max_bytes besides its strings and payload: about what its
 # row costs SQLite (rowid, header, ts, flags), so tiny messages are not counted as free.
 _ROW_OVERHEAD = 24
@@ -77,6 +99,11 @@ class OutboxStats:
     acked: int
     drops: dict[str, int]
     shed: int
+    disk_full: bool = False
+    """The file system is below ``min_free_bytes`` or refused a write: the outbox keeps
+    within the space left, making room by ``on_full``."""
+    set_aside_bytes: int = 0
+    """Bytes of corrupt databases kept beside the outbox (counted against ``max_bytes``)."""
 
 
 class OutboxError(RuntimeError):
@@ -144,6 +171,7 @@ class _Plan:
 
 
 _NO_PLAN = _Plan()  # shared: nothing to do (never modified)
+_NO_KEYS: list[int] = []  # shared: no keys (never modified)
 
 
 def _size(kind: str, topic: str, stream: str, payload_size: int) -> int:
@@ -213,7 +241,28 @@ class Outbox:
         self._counters = _Counters()
         self._counters_dirty = False
         self._counters_flushed = self._clock.monotonic()
-        self._warned_full: float | None = None
+        # Keys delivered whose delete could not commit yet (disk full): key -> size. They
+        # are not sent again, and their delete is retried with every later write.
+        self._ack_pending: dict[int, int] = {}
+        self._ack_pending_bytes = 0
+        # Disk pressure: the most the outbox may hold given the free space (bytes), when and
+        # at what size that was measured, and whether the file system is short.
+        self._disk_cap = config.max_bytes
+        self._limit = config.max_bytes  # min(max_bytes - set-aside bytes, _disk_cap)
+        self._puts = 0
+        self._space_checked = float("-inf")
+        self._space_bytes = 0
+        self._space_room = 0
+        self._disk_full = False
+        self._reserve_bytes = dbfile.WAL_LIMIT_MIN
+        # Corrupt databases set aside: (path, bytes), oldest first.
+        self._aside: list[tuple[Path, int]] = []
+        self._aside_bytes = 0
+        self._corrupt: tuple[Path, str] | None = None  # set aside at this open, and why
+        monotonic = self._clock.monotonic
+        self._drop_log = RepeatSummary(logger, f"outbox {self._path}: dropped", monotonic)
+        self._error_log = RepeatSummary(logger, f"outbox {self._path}: write errors", monotonic,
+                                        level=logging.ERROR)
         self._db = self._open()
         try:
             self._load()
@@ -256,13 +305,62 @@ class Outbox:
             raise self._error("lock", exc) from exc
         self._lockfile = lockfile
         try:
-            return OutboxDb(self._path, self._config.durability)
+            self._find_aside()
+            free = self._free_bytes()
+            self._reserve_bytes = dbfile.wal_limit(self._config.max_bytes, free)
+            if free is not None and free < self._config.min_free_bytes + self._reserve_bytes:
+                # Opening may need room for the WAL index and a checkpoint.
+                self._release_reserve()
+            while True:
+                try:
+                    return self._open_db()
+                except _DB_ERRORS as exc:
+                    if dbfile.is_full(exc):
+                        # Room for the WAL index: the reserve, then set-aside files.
+                        if self._release_reserve():
+                            continue
+                        if self._aside:
+                            self._remove_oldest_aside()
+                            continue
+                    if not dbfile.is_corrupt(exc):
+                        raise
+                    return self._set_aside(exc)
         except _DB_ERRORS as exc:
             self._release_resources()
             raise self._error("open", exc) from exc
 
+    def _open_db(self) -> OutboxDb:
+        """The one place that opens ``outbox.db`` (new or existing)."""
+        return OutboxDb(self._path, self._config.durability, self._reserve_bytes)
+
+    def _stamp(self) -> str:
+        return time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(self._clock.time()))
+
+    def _set_aside(self, exc: BaseException) -> OutboxDb:
+        """Move a corrupt ``outbox.db`` aside and open a fresh one (filled by ``_load``)."""
+        stamp = self._stamp()
+        db_path = self._path / dbfile.FILE_NAME
+        aside = db_path.with_name(f"{dbfile.FILE_NAME}{dbfile.CORRUPT_INFIX}{stamp}")
+        n = 1
+        while aside.exists():
+            aside = aside.with_name(f"{dbfile.FILE_NAME}{dbfile.CORRUPT_INFIX}{stamp}-{n}")
+            n += 1
+        db_path.rename(aside)
+        # The WAL belongs to the damaged file: beside a fresh database it would be replayed.
+        wal = self._path / f"{dbfile.FILE_NAME}-wal"
+        if wal.exists():
+            wal.rename(aside.with_name(f"{aside.name}-wal"))
+        (self._path / f"{dbfile.FILE_NAME}-shm").unlink(missing_ok=True)
+        # quick_check's report spans lines ("*** in database main ***\nPage 88: ...").
+        cause = " ".join(str(exc).replace("*** in database main ***", "").split())
+        self._corrupt = (aside, cause or type(exc).__name__)
+        self._find_aside()
+        return self._open_db()
+
     def _load(self) -> None:
         """Rebuild the index from the rows; everything not acked becomes claimable again."""
+        if self._corrupt is not None:
+            self._salvage(*self._corrupt)
         if (self._path / dbfile.LEGACY_FILE).exists():
             self._migrate()
         try:
@@ -304,6 +402,17 @@ class Outbox:
                 legacy.close()
             dbfile.remove_legacy(self._path)
         except _DB_ERRORS as exc:
+            if dbfile.is_corrupt(exc):
+                # What was moved is committed; the rest cannot be read. Keep the device up.
+                aside = legacy_path.with_name(
+                    f"{legacy_path.name}{dbfile.CORRUPT_INFIX}{self._stamp()}")
+                legacy_path.rename(aside)
+                dbfile.remove_legacy(self._path)
+                self._find_aside()
+                logger.error("outbox %s: corrupt (%s), written by an earlier version; set aside "
+                             "as %s: %d messages moved into %s, the rest unreadable and not "
+                             "counted", legacy_path, exc, aside.name, moved, dbfile.FILE_NAME)
+                return
             raise OutboxError(
                 f"outbox {self._path}: cannot move the messages of {legacy_path.name} (written "
                 f"by an earlier version) into {dbfile.FILE_NAME}: {exc}"
@@ -313,6 +422,178 @@ class Outbox:
         if unreadable:
             logger.error("outbox %s: %d messages in %s were unreadable and are lost",
                          self._path, unreadable, legacy_path.name)
+
+    def _salvage(self, aside: Path, cause: str) -> None:
+        """Copy what can be read from the set-aside file into the fresh database; count the
+        rest as drops "corrupt" (and "disk_full" for rows there was no room for)."""
+        source = dbfile.SalvageStore(aside)
+        moved = no_room = 0
+        last = 0
+        try:
+            text = source.counters()
+            counters = _Counters()
+            with contextlib.suppress(ValueError, TypeError, AttributeError):
+                counters = _Counters.from_json(text) if text is not None else _Counters()
+            for rows in source.batches():
+                last = max(last, rows[-1].key)
+                if no_room:
+                    no_room += len(rows)
+                    continue
+                try:
+                    with self._db.transaction():
+                        self._db.insert(rows, ignore_existing=True)
+                    moved += len(rows)
+                except _DB_ERRORS as exc:
+                    if not dbfile.is_full(exc):
+                        raise
+                    no_room += len(rows)
+        finally:
+            source.close()
+            # Reading it made an empty WAL and an index beside it: not part of the evidence.
+            (aside.parent / f"{aside.name}-shm").unlink(missing_ok=True)
+            wal = aside.parent / f"{aside.name}-wal"
+            with contextlib.suppress(OSError):
+                if wal.stat().st_size == 0:
+                    wal.unlink()
+            self._find_aside()
+        counters.drops["corrupt"] = counters.drops.get("corrupt", 0) + source.unreadable
+        counters.drops["disk_full"] = counters.drops.get("disk_full", 0) + no_room
+        counters.next_key = max(counters.next_key, last + 1)
+        try:
+            self._db.set_counters(counters.to_json())
+        except _DB_ERRORS as exc:
+            raise self._error("write", exc) from exc
+        if source.cause and not moved and not source.unreadable:
+            counted = "nothing could be read from it, and how many messages it held is unknown"
+        else:
+            counted = (f"{moved} messages saved into a fresh {dbfile.FILE_NAME}, "
+                       f"{source.unreadable} unreadable (counted as drops \"corrupt\")")
+            if no_room:
+                counted += f", {no_room} without room (counted as \"disk_full\")"
+        logger.error("outbox %s: corrupt (%s); set aside as %s: %s", aside.parent /
+                     dbfile.FILE_NAME, cause, aside.name, counted)
+
+    # ------------------------------------------------------------------ disk space
+
+    def _find_aside(self) -> None:
+        """The corrupt databases set aside earlier, oldest first, with their sizes."""
+        found: dict[str, int] = {}
+        for path in self._path.glob(f"*{dbfile.CORRUPT_INFIX}*"):
+            base = path.name.removesuffix("-wal").removesuffix("-shm")
+            with contextlib.suppress(OSError):
+                found[base] = found.get(base, 0) + path.stat().st_size
+        self._aside = [(self._path / name, size) for name, size in sorted(found.items())]
+        self._aside_bytes = sum(size for _, size in self._aside)
+        self._update_limit()
+
+    def _remove_oldest_aside(self) -> None:
+        path, size = self._aside.pop(0)
+        self._aside_bytes -= size
+        self._update_limit()
+        for name in (path.name, f"{path.name}-wal", f"{path.name}-shm"):
+            with contextlib.suppress(OSError):
+                (path.parent / name).unlink()
+        logger.warning("outbox %s: removed %s (%d bytes) to make room: set-aside files count "
+                       "against max_bytes", self._path, path.name, size)
+        self._space_checked = float("-inf")
+
+    def _free_bytes(self) -> int | None:
+        try:
+            return shutil.disk_usage(self._path).free
+        except OSError:
+            return None
+
+    def _release_reserve(self) -> bool:
+        """Delete the reserve file; True if there was one."""
+        try:
+            (self._path / RESERVE_NAME).unlink()
+        except OSError:
+            return False
+        return True
+
+    def _make_reserve(self) -> None:
+        path = self._path / RESERVE_NAME
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o600)
+            try:
+                os.posix_fallocate(fd, 0, self._reserve_bytes)
+            finally:
+                os.close(fd)
+        except OSError:
+            with contextlib.suppress(OSError):
+                path.unlink()
+
+    def _check_space(self, force: bool = False) -> None:
+        """Fit the outbox to the file system's free space (``_lock`` held).
+
+        Below ``min_free_bytes`` (the reserve given back first) the outbox stops growing:
+        what it adds, it must make room for by ``on_full``. Above it, it may grow by what
+        the file system still has over ``min_free_bytes`` plus the pages free inside the
+        file, less the WAL's room, at the worst page fill.
+        """
+        now = self._clock.monotonic()
+        if not force and now - self._space_checked < _SPACE_CHECK_S and (
+                self._bytes - self._space_bytes < self._space_room // 2):
+            return
+        self._space_checked = now
+        free = self._free_bytes()
+        if free is None:
+            return
+        reserve = self._path / RESERVE_NAME
+        has_reserve = reserve.exists()
+        headroom = free - self._config.min_free_bytes
+        if headroom < 0 and has_reserve and self._release_reserve():
+            headroom += self._reserve_bytes
+            has_reserve = False
+        try:
+            with self._db_lock:
+                reusable = self._db.free_pages_bytes()
+        except _DB_ERRORS:
+            reusable = 0
+        short = headroom < 0
+        if short and not self._disk_full:
+            self._disk_full = True
+            self._checkpoint()
+            logger.warning(
+                "outbox %s: only %.1f MB free on its file system, below outbox.min_free_bytes "
+                "(%.1f MB): the outbox stops growing and makes room per on_full=%s until "
+                "space is freed", self._path, free / 1e6, self._config.min_free_bytes / 1e6,
+                self._config.on_full)
+        elif self._disk_full and headroom > self._reserve_bytes:
+            self._disk_full = False
+            logger.info("outbox %s: %.1f MB free on its file system again; storing normally",
+                        self._path, free / 1e6)
+        if not has_reserve and headroom > 2 * self._reserve_bytes:
+            self._make_reserve()
+            headroom -= self._reserve_bytes
+        try:
+            wal = (self._path / f"{dbfile.FILE_NAME}-wal").stat().st_size
+        except OSError:
+            wal = 0
+        room = max(0, headroom - max(0, self._reserve_bytes - wal)) + reusable
+        self._space_room = int(room / _DISK_PER_BYTE)
+        self._space_bytes = self._bytes
+        self._disk_cap = self._bytes + self._space_room
+        self._update_limit()
+
+    def _update_limit(self) -> None:
+        """What the outbox may hold now: ``max_bytes`` less the set-aside files, and no
+        more than the file system has room for."""
+        self._limit = min(self._config.max_bytes - self._aside_bytes, self._disk_cap)
+
+    def _checkpoint(self) -> None:
+        with self._db_lock, contextlib.suppress(*_DB_ERRORS):
+            self._db.checkpoint()
+
+    def _space_refused(self) -> None:
+        """A write failed for want of space: give back the reserve, cut the WAL, measure."""
+        self._release_reserve()
+        self._checkpoint()
+        self._check_space(force=True)
+        if not self._disk_full:
+            self._disk_full = True
+            logger.warning("outbox %s: the file system refused a write (full); making room "
+                           "per on_full=%s", self._path, self._config.on_full)
 
     def _index(self, key: int, stream: str, kind: str, size: int, ts: float, sheddable: bool
                ) -> None:
@@ -380,7 +661,7 @@ class Outbox:
             if key not in self._claimed and key not in skip:
                 yield key
         for key in sorted(self._claimed):
-            if key not in skip and key not in self._acking:
+            if key not in skip and key not in self._acking and key not in self._ack_pending:
                 yield key
 
     # ------------------------------------------------------------------ writing
@@ -394,60 +675,85 @@ class Outbox:
         return self.put_many((message,))
 
     def put_many(self, messages: Sequence[OutboxMessage]) -> bool:
-        """Store several messages all-or-nothing, in one transaction (an event and its media)."""
+        """Store several messages all-or-nothing, in one transaction (an event and its media).
+
+        On a file system short of space the outbox makes room by ``on_full`` first; what it
+        still cannot store is refused and counted as ``disk_full``, not raised.
+        """
         if not messages:
             return True
         with self._lock:
             self._check_open()
             now = self._clock.time()
             self._expire_locked(now)
+            # The daemon's housekeeping (expire) measures the space each second; a caller
+            # that never calls it gets a measurement at most once a second from here.
+            self._puts += 1
+            if not self._puts & 63 or self._puts == 1:
+                self._check_space()
             sizes = [_size(m.kind, m.topic, m.stream, len(m.payload)) for m in messages]
-            plan = self._plan_room(sum(sizes), len(messages))
-            if plan is None:
-                return False
-            count = len(messages)
-            first = self._counters.next_key
-            rows = [
-                NewRow(first + i, now, m.stream, m.kind, m.topic, m.retain,
-                       dbfile.maybe_sheddable(m.kind, m.payload), m.payload)
-                for i, m in enumerate(messages)
-            ]
-            flush = bool(plan) or self._flush_due()
-            try:
-                with self._db_lock:
-                    if count == 1 and not flush:
-                        # The common case: one row, one statement, its own commit;
-                        # counters later.
-                        self._db.insert(rows)
-                        counters = self._counters
-                    else:
-                        counters = self._counters.copy()
-                        self._count_plan(plan, counters)
-                        counters.next_key += count
-                        counters.enqueued += count
-                        with self._db.transaction():
-                            self._write_plan(plan)
-                            self._db.insert(rows)
-                            if flush:
-                                self._db.set_counters(counters.to_json())
-            except _DB_ERRORS as exc:
-                raise self._error("write", exc) from exc
-            if counters is self._counters:
+            for _ in range(2):
+                plan = self._plan_room(sum(sizes), len(messages))
+                if plan is None:
+                    return False
+                try:
+                    self._store(messages, sizes, plan, now)
+                    return True
+                except _DB_ERRORS as exc:
+                    if not dbfile.is_full(exc):
+                        raise self._error("write", exc) from exc
+                    # Made room on disk and fitted the bound to it: try once more.
+                    self._space_refused()
+            self._refuse("disk_full", len(messages))
+            return False
+
+    def _store(self, messages: Sequence[OutboxMessage], sizes: list[int], plan: _Plan,
+               now: float) -> None:
+        """Commit the plan and the new rows, then update the index (``_lock`` held)."""
+        count = len(messages)
+        first = self._counters.next_key
+        rows = [
+            NewRow(first + i, now, m.stream, m.kind, m.topic, m.retain,
+                   dbfile.maybe_sheddable(m.kind, m.payload), m.payload)
+            for i, m in enumerate(messages)
+        ]
+        acked = list(self._ack_pending) if self._ack_pending else _NO_KEYS
+        flush = bool(plan) or bool(acked) or self._flush_due()
+        with self._db_lock:
+            if count == 1 and not flush:
+                # The common case: one row, one statement, its own commit; counters later.
+                self._db.insert(rows)
+                counters = self._counters
+            else:
+                counters = self._counters.copy()
+                self._count_plan(plan, counters)
                 counters.next_key += count
                 counters.enqueued += count
-            else:
-                self._counters = counters
-            if plan:
-                self._apply_plan(plan)
-            if flush:
-                self._flushed()
-            else:
-                self._counters_dirty = True
-            for row, message, size in zip(rows, messages, sizes, strict=True):
-                self._index(row.key, message.stream, message.kind, size, now, row.sheddable)
-                self._remember(row.key, message)
-            self._cond.notify_all()
-            return True
+                counters.acked += len(acked)
+                with self._db.transaction():
+                    if acked:
+                        self._db.delete(acked)
+                    self._write_plan(plan)
+                    self._db.insert(rows)
+                    if flush:
+                        self._db.set_counters(counters.to_json())
+        if counters is self._counters:
+            counters.next_key += count
+            counters.enqueued += count
+        else:
+            self._counters = counters
+        if acked:
+            self._acked_committed(acked)
+        if plan:
+            self._apply_plan(plan)
+        if flush:
+            self._flushed()
+        else:
+            self._counters_dirty = True
+        for row, message, size in zip(rows, messages, sizes, strict=True):
+            self._index(row.key, message.stream, message.kind, size, now, row.sheddable)
+            self._remember(row.key, message)
+        self._cond.notify_all()
 
     def _plan_room(self, add_bytes: int, add_count: int) -> _Plan | None:
         """Decide what to shed or drop for ``add_bytes``/``add_count`` more, None to refuse."""
@@ -455,14 +761,22 @@ class Outbox:
         if add_bytes > config.max_bytes:
             self._refuse("too_large", add_count)
             return None
-        # Messages being acknowledged are as good as gone: their delete commits before ours.
-        over_bytes = self._bytes - self._acking_bytes + add_bytes - config.max_bytes
+        # Messages being acknowledged are as good as gone: their delete commits before ours
+        # (or with it, for those whose delete is still pending).
+        gone_bytes = self._acking_bytes + self._ack_pending_bytes
+        over_bytes = self._bytes - gone_bytes + add_bytes - self._limit
+        # Set-aside corrupt files count against max_bytes and go first, oldest first.
+        while over_bytes > 0 and self._aside:
+            self._remove_oldest_aside()
+            self._check_space(force=True)
+            over_bytes = self._bytes - gone_bytes + add_bytes - self._limit
         over_count = 0
         if config.max_events is not None:
             if add_count > config.max_events:
                 self._refuse("max_events", add_count)
                 return None
-            over_count = len(self._meta) - len(self._acking) + add_count - config.max_events
+            over_count = (len(self._meta) - len(self._acking) - len(self._ack_pending)
+                          + add_count - config.max_events)
         if over_bytes <= 0 and over_count <= 0:
             return _NO_PLAN
         plan = _Plan()
@@ -498,6 +812,11 @@ class Outbox:
             stripped = plan.shed_rewrite.pop(key, None)
             over_bytes -= self._meta[key].size if stripped is None else stripped[1]
             over_count -= 1
+        if over_bytes > 0 and self._disk_cap < config.max_bytes - self._aside_bytes:
+            # Nothing left to drop and the disk has no room: refuse rather than let the
+            # file system refuse (and drop nothing old for a message that is not stored).
+            self._refuse("disk_full", add_count)
+            return None
         return plan
 
     def _stripped(self, key: int) -> tuple[bytes, int] | None:
@@ -515,10 +834,36 @@ class Outbox:
     def _refuse(self, reason: str, count: int) -> None:
         self._counters.drops[reason] = self._counters.drops.get(reason, 0) + count
         self._counters_dirty = True
-        logger.debug("outbox %s: refused %d message(s): %s", self._path, count, reason)
+        self._drop_log.add(reason, count, lambda: self._drop_line(reason, count))
         # Not worth a commit per refused message while full; at most one per interval.
         if self._flush_due():
-            self._flush_counters()
+            with contextlib.suppress(OutboxError):  # kept dirty; written with a later commit
+                self._flush_counters()
+
+    def _drop_line(self, reason: str, count: int) -> str:
+        """The first line of an episode of drops: what happens and what to do about it."""
+        config, where = self._config, f"outbox {self._path}"
+        state = f"{len(self._meta)} messages, {self._bytes} bytes"
+        disk = ""
+        if self._disk_cap < config.max_bytes - self._aside_bytes:
+            free = self._free_bytes()
+            disk = (f"; bounded by its file system ({(free or 0) / 1e6:.1f} MB free, "
+                    f"outbox.min_free_bytes {config.min_free_bytes / 1e6:.1f} MB)")
+        lines = {
+            "full_drop_oldest": f"{where}: full ({state}{disk}); dropping the oldest messages "
+                                f"per on_full={config.on_full}",
+            "full_reject_new": f"{where}: full ({state}{disk}); refusing new messages per "
+                               f"on_full=reject_new",
+            "max_events": f"{where}: holds max_events={config.max_events}; dropping the oldest",
+            "ttl": f"{where}: dropped {count} message(s) older than ttl={config.ttl} s",
+            "too_large": f"{where}: refused a message larger than max_bytes={config.max_bytes}",
+            "disk_full": f"{where}: cannot store new messages: its file system is full"
+                         f"{disk or ''} and nothing is left to drop",
+            "shed": f"{where}: full ({state}{disk}); stripping images and clips from the "
+                    f"oldest events per on_full=shed_images",
+        }
+        return f"{lines.get(reason, f'{where}: dropped {count} ({reason})')} (counted in the "\
+               f"stats' drops; repeats are summarised once a minute)"
 
     def _count_plan(self, plan: _Plan, counters: _Counters) -> None:
         for _, reason in plan.drops:
@@ -557,22 +902,16 @@ class Outbox:
             sheddable[0] not in self._meta or not self._meta[sheddable[0]].sheddable
         ):
             sheddable.popleft()
-        if plan:
-            self._warn_full()
-
-    def _warn_full(self) -> None:
-        # While full, every put drops something: say so once a minute, not once a message.
-        now = self._clock.monotonic()
-        if self._warned_full is not None and now - self._warned_full < 60.0:
-            return
-        self._warned_full = now
-        drops = self._counters.drops
-        logger.warning(
-            "outbox %s: full (%d messages, %d bytes); dropping oldest per on_full=%s "
-            "(so far: %d dropped, %d shed)",
-            self._path, len(self._meta), self._bytes, self._config.on_full,
-            drops["full_drop_oldest"] + drops["max_events"], self._counters.shed,
-        )
+        # While full, every put drops something: one line, then a count once a minute.
+        reasons: dict[str, int] = {}
+        for _, reason in plan.drops:
+            reasons[reason] = reasons.get(reason, 0) + 1
+        shed = len(plan.shed_drop) + len(plan.shed_rewrite)
+        if shed:
+            reasons["shed"] = shed
+        for reason, count in reasons.items():
+            line = self._drop_line(reason, count) if not self._drop_log.active else ""
+            self._drop_log.add(reason, count, lambda: line)  # noqa: B023 (called at once)
 
     # ------------------------------------------------------------------ delivery
 
@@ -632,11 +971,17 @@ class Outbox:
 
         The delete commits while ``_lock`` is free, so ``claim`` and ``put`` (which then
         counts these messages as gone) go on meanwhile; ``_db_lock`` is taken before
-        ``_lock`` is let go, so no other write can come in between.
+        ``_lock`` is let go, so no other write can come in between. A delete that cannot
+        commit (a full disk) is not an error for the caller: the messages are remembered as
+        delivered, never sent again by this process, and their delete is retried with the
+        next write or ``expire``.
         """
         with self._lock:
             self._check_open()
-            known = [k for k in keys if k in self._meta and k not in self._acking]
+            known = [k for k in keys
+                     if k in self._meta and k not in self._acking and k not in self._ack_pending]
+            if self._ack_pending:
+                known.extend(self._take_pending())
             if not known:
                 return
             for key in known:
@@ -652,34 +997,68 @@ class Outbox:
             self._db_lock.acquire()
         error: BaseException | None = None
         try:
-            if len(known) == 1 and counters is None:
-                self._db.delete(known)
-            else:
-                with self._db.transaction():
-                    self._db.delete(known)
-                    if counters is not None:
-                        self._db.set_counters(counters)
-        except _DB_ERRORS as exc:
-            error = exc
+            for attempt in range(2):
+                try:
+                    if len(known) == 1 and counters is None:
+                        self._db.delete(known)
+                    else:
+                        with self._db.transaction():
+                            self._db.delete(known)
+                            if counters is not None:
+                                self._db.set_counters(counters)
+                    error = None
+                    break
+                except _DB_ERRORS as exc:
+                    error = exc
+                    if attempt or not dbfile.is_full(exc):
+                        break
+                    # Deleting needs room in the WAL: that is what the reserve is for.
+                    self._release_reserve()
+                    with contextlib.suppress(*_DB_ERRORS):
+                        self._db.checkpoint()
         finally:
             self._db_lock.release()
         with self._lock:
             for key in known:
                 self._acking_bytes -= self._acking.pop(key)
             if error is not None:
-                # Still stored and still claimed: sent again after the next restart.
                 self._counters.acked -= len(known)
                 self._counters_dirty = True
-                raise self._error("write", error) from error
-            for key in known:
-                self._forget(key)
+                for key in known:
+                    if key in self._meta:
+                        self._ack_pending[key] = self._meta[key].size
+                        self._ack_pending_bytes += self._meta[key].size
+                exc_out = self._error("write", error)
+                self._error_log.add("ack", len(known), lambda: (
+                    f"{exc_out}; {len(self._ack_pending)} delivered messages are kept until "
+                    f"their removal commits (not sent again)"))
+                return
+            self._acked_committed(known)
+
+    def _take_pending(self) -> list[int]:
+        """The keys whose delete is still pending, to be deleted now (``_lock`` held)."""
+        keys = list(self._ack_pending)
+        self._ack_pending.clear()
+        self._ack_pending_bytes = 0
+        return keys
+
+    def _acked_committed(self, keys: list[int]) -> None:
+        """Their delete has committed: forget them (``_lock`` held)."""
+        pending = self._ack_pending
+        for key in keys:
+            if pending:
+                size = pending.pop(key, None)
+                if size is not None:
+                    self._ack_pending_bytes -= size
+            self._forget(key)
 
     def release(self, keys: Iterable[int]) -> None:
         """Give claimed messages back (no PUBACK came); they are claimed again, in order."""
         with self._lock:
             released = False
             for key in sorted(keys, reverse=True):
-                if key in self._claimed and key not in self._acking:
+                if (key in self._claimed and key not in self._acking
+                        and key not in self._ack_pending):
                     self._claimed.discard(key)
                     self._make_ready(self._meta[key].stream, key)
                     released = True
@@ -699,9 +1078,21 @@ class Outbox:
     # ------------------------------------------------------------------ bounds in time
 
     def expire(self) -> int:
-        """Drop messages older than ``ttl`` (counted as "ttl"); returns how many."""
+        """Drop messages older than ``ttl`` (counted as "ttl"); returns how many.
+
+        Also the outbox's housekeeping, meant to be called about once a second: measures the
+        free space, retries deletes still pending from a full disk and writes the summaries
+        of repeated drops and errors.
+        """
         with self._lock:
             self._check_open()
+            self._check_space()
+            pending = bool(self._ack_pending)
+        if pending:
+            self.ack(())
+        with self._lock:
+            self._drop_log.tick()
+            self._error_log.tick()
             return self._expire_locked(self._clock.time())
 
     def _expire_locked(self, now: float) -> int:
@@ -725,13 +1116,19 @@ class Outbox:
                 self._db.delete(victims)
                 self._db.set_counters(counters.to_json())
         except _DB_ERRORS as exc:
-            raise self._error("write", exc) from exc
+            if not dbfile.is_full(exc):
+                raise self._error("write", exc) from exc
+            # Expired messages stay until a later try: a full disk must not fail the put
+            # or the claim that came here first.
+            self._release_reserve()
+            line = f"{self._error('write', exc)}; messages past their ttl are dropped later"
+            self._error_log.add("ttl", 1, lambda: line)
+            return 0
         self._counters = counters
         self._flushed()
         for key in victims:
             self._forget(key)
-        logger.info("outbox %s: dropped %d message(s) older than %g s", self._path,
-                    len(victims), ttl)
+        self._drop_log.add("ttl", len(victims), lambda: self._drop_line("ttl", len(victims)))
         return len(victims)
 
     # ------------------------------------------------------------------ counters and stats
@@ -770,6 +1167,8 @@ class Outbox:
                 acked=c.acked,
                 drops=dict(c.drops),
                 shed=c.shed,
+                disk_full=self._disk_full,
+                set_aside_bytes=self._aside_bytes,
             )
 
     # ------------------------------------------------------------------ closing
@@ -785,6 +1184,20 @@ class Outbox:
                 return
             self._closed = True
             try:
+                if self._ack_pending:
+                    keys = self._take_pending()
+                    self._counters.acked += len(keys)
+                    self._counters_dirty = True
+                    try:
+                        with self._db_lock, self._db.transaction():
+                            self._db.delete(keys)
+                            self._db.set_counters(self._counters.to_json())
+                        self._flushed()
+                    except _DB_ERRORS as exc:
+                        self._counters.acked -= len(keys)
+                        logger.error("outbox %s: %d delivered messages could not be removed "
+                                     "(%s); they will be sent again after the restart",
+                                     self._path, len(keys), exc)
                 if self._counters_dirty:
                     self._flush_counters()
             except OutboxError as exc:
