@@ -10,8 +10,8 @@ from typing import Any
 
 import pytest
 
-from tests.agent_process import AgentProcess, base_config, events_of
-from tests.broker import Broker, Recorder
+from scripts.harness.agent_process import AgentProcess, base_config, events_of
+from scripts.harness.broker import Broker, Recorder
 from tests.outbox.test_corrupt import damage
 
 TOPIC = "edge-agent/test-edge/#"

@@ -19,8 +19,8 @@ from typing import Any
 
 import pytest
 
-from tests.agent_process import AgentProcess, base_config, events_of
-from tests.broker import Broker, Recorder
+from scripts.harness.agent_process import AgentProcess, base_config, events_of
+from scripts.harness.broker import Broker, Recorder
 from tests.small_fs import fill, small_fs
 
 TOPIC = "edge-agent/test-edge/#"
