@@ -12,6 +12,7 @@ import base64
 import json
 import logging
 import signal
+import sqlite3
 import threading
 import time
 import uuid
@@ -50,6 +51,10 @@ HUNG_AFTER_S = 20.0
 
 HUNG_FLOOR_S = 3.0
 """Never call a thread hung sooner: idle loops beat about once a second."""
+
+
+class StateError(RuntimeError):
+    """State the agent keeps on disk besides the outbox (open rule windows) cannot be opened."""
 
 
 def event_messages(event: Event, media_on_topic: bool) -> list[OutboxMessage]:
@@ -217,8 +222,11 @@ class Daemon:
     def _build_engine(self) -> RuleEngine | None:
         if not self.config.rules:
             return None
-        return RuleEngine(self.config.rules, self.device, self.clock, self.rules_state_dir,
-                          label_names=self._label_names)
+        try:
+            return RuleEngine(self.config.rules, self.device, self.clock, self.rules_state_dir,
+                              label_names=self._label_names)
+        except (OSError, sqlite3.Error, RuntimeError) as exc:
+            raise StateError(f"rules state {self.rules_state_dir}: cannot open: {exc}") from exc
 
     def _status_listener(self, status: SourceStatus) -> None:
         logger.info("%s %s: %s%s", status.kind, status.source_id, status.state.value,
