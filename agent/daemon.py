@@ -194,6 +194,10 @@ class Daemon:
         self.dispatcher = Dispatcher(config, self.outbox, self.link.wake, self._build_engine())
         self.workers: dict[str, Worker] = {}
         self._hung_reported: set[str] = set()
+        # Threads that died of an uncaught exception (threading.excepthook), name -> cause.
+        self._deaths: dict[str, str] = {}
+        self._deaths_reported: set[str] = set()
+        self._deaths_lock = threading.Lock()
         self._system = SystemSampler(config.outbox.path)
         # Operations: commands on set/# (results on result/#), Home Assistant discovery.
         self.commands: CommandRouter | None = None
@@ -296,8 +300,26 @@ class Daemon:
         signal.signal(signal.SIGINT, on_stop)
         signal.signal(signal.SIGHUP, on_hup)
 
+    def _on_thread_death(self, args: threading.ExceptHookArgs) -> None:
+        """``threading.excepthook`` while running: a thread that dies is an ERROR in the log,
+        with its cause, and starves the watchdog (see ``healthy``)."""
+        name = args.thread.name if args.thread is not None else "a thread"
+        cause = f"{args.exc_type.__name__}: {args.exc_value}"
+        with self._deaths_lock:
+            self._deaths[name] = cause
+        logger.error("thread %s died: %s", name, cause,
+                     exc_info=(args.exc_type, args.exc_value, args.exc_traceback))
+
     def run(self) -> int:
         """Run until stopped; returns the exit code."""
+        previous_hook = threading.excepthook
+        threading.excepthook = self._on_thread_death
+        try:
+            return self._run()
+        finally:
+            threading.excepthook = previous_hook
+
+    def _run(self) -> int:
         self.start()
         interval = self.config.stats.interval
         next_stats = self.clock.monotonic() + min(5.0, interval)
@@ -329,8 +351,33 @@ class Daemon:
             return HUNG_AFTER_S
         return min(HUNG_AFTER_S, max(interval / 2, HUNG_FLOOR_S))
 
+    def dead_threads(self) -> dict[str, str]:
+        """Threads that should be alive and are not, with the cause: a worker or any other
+        thread that died of an exception, the MQTT threads once started and not stopped.
+        A source that ended or gave up on its own (``ended``, ``error``) is not dead."""
+        with self._deaths_lock:
+            dead = dict(self._deaths)
+        for sid, worker in self.workers.items():
+            if worker.crashed is not None and not worker.alive:
+                dead[f"source {sid}"] = worker.crashed
+        if not self.link.alive and not self._stop.is_set():
+            dead.setdefault("mqtt", "the network thread is not running")
+        return dead
+
     def healthy(self) -> bool:
-        """True while every thread that matters still goes round; logs what hangs, once."""
+        """True while every thread that matters is alive and still goes round; logs what
+        died or hangs, once. A dead thread's last heartbeat says nothing, so it is checked
+        first: its age would read 0."""
+        dead = self.dead_threads()
+        for name, cause in dead.items():
+            if name not in self._deaths_reported:
+                self._deaths_reported.add(name)
+                if self.notifier.watchdog_interval:
+                    logger.error("%s is dead (%s); no longer feeding the watchdog, so systemd "
+                                 "restarts the agent", name, cause)
+                else:
+                    logger.error("%s is dead (%s); restart the agent (no systemd watchdog "
+                                 "to do it)", name, cause)
         limit = self.hung_after()
         hung = {sid: w.heartbeat_age() for sid, w in self.workers.items()
                 if w.heartbeat_age() > limit}
@@ -341,7 +388,7 @@ class Daemon:
                 logger.error("%s: no progress for %.0f s; starving the watchdog so systemd "
                              "restarts the agent", name, age)
         self._hung_reported = set(hung)
-        return not hung
+        return not hung and not dead
 
     def _status_line(self) -> str:
         ob = self.outbox.stats()
