@@ -307,8 +307,7 @@ class Daemon:
         cause = f"{args.exc_type.__name__}: {args.exc_value}"
         with self._deaths_lock:
             self._deaths[name] = cause
-        logger.error("thread %s died: %s", name, cause,
-                     exc_info=(args.exc_type, args.exc_value, args.exc_traceback))
+        logger.error("thread %s died: %s", name, cause, exc_info=args.exc_value or False)
 
     def run(self) -> int:
         """Run until stopped; returns the exit code."""

@@ -14,7 +14,7 @@ case "${1:-}" in
 esac
 
 # Debian packages the agent and its tests use: a broker, PortAudio, a JACK dummy sound
-# card, speech synthesis for audio samples, shellcheck for the install script.
+# card, speech synthesis for audio samples, shellcheck for the install script, strace.
 missing=()
 have() { command -v "$1" >/dev/null 2>&1 || [ -x "/usr/sbin/$1" ]; }
 have mosquitto || missing+=(mosquitto)
@@ -25,6 +25,7 @@ fi
 if [ "$extra" = "[dev]" ]; then
   have jackd || missing+=(jackd2)
   have shellcheck || missing+=(shellcheck)
+  have strace || missing+=(strace)   # the no-telemetry test traces an agent run
 fi
 if [ ${#missing[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
