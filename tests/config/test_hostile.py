@@ -221,3 +221,36 @@ def test_the_readme_example_works_as_printed(tmp_path: Path) -> None:
                           cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
     assert proc.returncode == EX_CONFIG
     assert proc.stderr.strip().splitlines() == expected
+
+
+@pytest.mark.parametrize("what", ["outbox in use", "rules state not a database"])
+def test_run_exits_73_when_its_state_cannot_be_opened(what: str, tmp_path: Path) -> None:
+    """EX_CANTCREAT (documented in README, Commands): one log line naming the path."""
+    from agent.outbox.config import OutboxConfig
+    from agent.outbox.store import Outbox
+
+    outbox = tmp_path / "state" / "outbox"
+    config = (f"outbox: {{path: {outbox}}}\nmqtt: {{host: 127.0.0.1, port: 1}}\n"
+              "synthetic: [{id: s1}]\n"
+              "rules: [{id: r1, window_seconds: 5, min_events: 2}]\n")
+    (tmp_path / "agent.yaml").write_text(config)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("EDGE_AGENT_")}
+    env["PYTHONPATH"] = str(REPO)
+    holder = None
+    if what == "outbox in use":
+        holder = Outbox(OutboxConfig(path=outbox))
+    else:
+        (tmp_path / "state" / "rules-state").mkdir(parents=True)
+        (tmp_path / "state" / "rules-state" / "rules.sqlite3").write_bytes(b"not sqlite" * 100)
+    try:
+        code, err, rss, _ = run_measured(["run", "-c", str(tmp_path / "agent.yaml")], env,
+                                         tmp_path)
+    finally:
+        if holder is not None:
+            holder.close()
+    assert code == 73, err
+    assert "Traceback" not in err, err
+    problem = [line for line in err.splitlines() if "ERROR" in line]
+    assert len(problem) == 1, err
+    assert ("in use by another process" if holder else "rules state") in problem[0]
+    assert rss < MAX_RSS_BYTES
