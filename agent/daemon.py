@@ -198,6 +198,9 @@ class Daemon:
         self._deaths: dict[str, str] = {}
         self._deaths_reported: set[str] = set()
         self._deaths_lock = threading.Lock()
+        # Sources whose detection or thresholds a command changed: a reload undoes it.
+        self._runtime_changes: dict[str, set[str]] = {}
+        self._runtime_lock = threading.Lock()
         self._system = SystemSampler(config.outbox.path)
         # Operations: commands on set/# (results on result/#), Home Assistant discovery.
         self.commands: CommandRouter | None = None
@@ -287,6 +290,11 @@ class Daemon:
 
     def request_stats(self) -> None:
         self._stats_now.set()
+
+    def note_runtime_change(self, source_id: str, what: str) -> None:
+        """A command changed ``what`` (detection, thresholds) of a source; see ``reload``."""
+        with self._runtime_lock:
+            self._runtime_changes.setdefault(source_id, set()).add(what)
 
     def install_signal_handlers(self) -> None:
         def on_stop(signum: int, frame: FrameType | None) -> None:
@@ -447,10 +455,18 @@ class Daemon:
         new_sources = {s.id: s for s in new.all_sources()}
         self.config = new
         self.dispatcher.set_config(new)
+        with self._runtime_lock:
+            changed, self._runtime_changes = self._runtime_changes, {}
         for sid, worker in list(self.workers.items()):
-            if new_sources.get(sid) != old_sources.get(sid):
+            # Runtime changes last until the next reload (or restart), for every command:
+            # thresholds go back to the file's with a fresh worker, detection back on.
+            if new_sources.get(sid) != old_sources.get(sid) or "thresholds" in changed.get(
+                    sid, ()):
                 worker.stop()
                 del self.workers[sid]
+            elif "detection" in changed.get(sid, ()) and not worker.detection_enabled:
+                worker.detection_enabled = True
+                logger.info("reload: source %s: detection back on (as configured)", sid)
         for sid, source in new_sources.items():
             if sid not in self.workers and source.enabled:
                 self._start_worker(source)
