@@ -372,6 +372,9 @@ def tree_problems(data: Any) -> tuple[list[str], list[str]]:
         if isinstance(node, float) and not math.isfinite(node):
             problems.append(f"{path or 'top level'}: {node} is not a finite number")
             return 1
+        if isinstance(node, str) and "\0" in node:  # no path, id or URL may hold one
+            fatal.append(f"{path or 'top level'}: contains a NUL character")
+            return 1
         if not isinstance(node, (dict, list)):
             return 1
         key = id(node)
@@ -385,6 +388,9 @@ def tree_problems(data: Any) -> tuple[list[str], list[str]]:
         total = 1
         items = list(node.items()) if isinstance(node, dict) else list(enumerate(node))
         for k, value in items:
+            if isinstance(node, dict) and isinstance(k, str) and "\0" in k:
+                fatal.append(f"{_join(path, repr(k))}: contains a NUL character")
+                continue
             if isinstance(node, dict) and not isinstance(k, str):
                 fatal.append(f"{_join(path, repr(k))}: keys must be strings, not "
                                 f"{type(k).__name__} (quote the key)")

@@ -73,6 +73,8 @@ def _cases() -> list[Case]:
         Case("latin1", "device:\n  id: caf\xe9\n".encode("latin-1"), "byte 17 (line 2)"),
         Case("utf16", "device: {id: a}\n".encode("utf-16"), "not UTF-8"),
         Case("nul bytes", b"device:\n  id: a\x00b\n", "invalid YAML"),
+        Case("escaped nul in a path", b'models:\n  dir: "/tmp/a\\0b"\n',
+             "models.dir: contains a NUL character"),
         Case("too large", b"# " + b"x" * (1024 * 1024) + b"\n", "larger than the limit"),
         Case("huge scalar list", b"x: [" + b"1," * 600_000 + b"1]\n", "larger than the limit"),
         Case("many values", b"x: [" + b"1," * 450_000 + b"1]\n", "more than 100000 values"),
