@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from agent import __version__
-from agent.config import EX_CONFIG, AgentConfig, ConfigError, load_config
+from agent.config import ENV_PREFIX, EX_CONFIG, AgentConfig, ConfigError, load_config
 
 logger = logging.getLogger("agent")
 
@@ -22,8 +22,10 @@ EX_CANTCREAT = 73
 
 
 def _print_problems(path: Path, lines: list[str]) -> None:
+    """One line per problem, each starting with where to look: the file, or the variable."""
     for line in lines:
-        print(line if line.startswith(str(path)) else f"{path}: {line}", file=sys.stderr)
+        here = line.startswith((str(path), ENV_PREFIX))
+        print(line if here else f"{path}: {line}", file=sys.stderr)
 
 
 def _load_or_exit(path: Path) -> AgentConfig:

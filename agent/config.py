@@ -61,7 +61,7 @@ class DeviceConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    id: TopicId = Field(default_factory=socket.gethostname,
+    id: TopicId = Field(default_factory=socket.gethostname, validate_default=True,
                         description="defaults to the hostname; one MQTT topic level")
     site: str | None = None
     location: str | None = None
@@ -410,21 +410,21 @@ def tree_problems(data: Any) -> tuple[list[str], list[str]]:
     return fatal, problems
 
 
-def _nonfinite(config: AgentConfig) -> list[str]:
+def _nonfinite(config: AgentConfig) -> list[tuple[tuple[int | str, ...], str]]:
     """Infinite or NaN numbers anywhere in the validated config (environment included)."""
-    problems: list[str] = []
+    problems: list[tuple[tuple[int | str, ...], str]] = []
 
-    def walk(node: Any, path: str) -> None:
+    def walk(node: Any, loc: tuple[int | str, ...]) -> None:
         if isinstance(node, float) and not math.isfinite(node):
-            problems.append(f"{path}: {node} is not a finite number")
+            problems.append((loc, f"{_loc(loc)}: {node} is not a finite number"))
         elif isinstance(node, dict):
             for k, v in node.items():
-                walk(v, _join(path, str(k)))
+                walk(v, (*loc, str(k)))
         elif isinstance(node, (list, tuple)):
             for i, v in enumerate(node):
-                walk(v, _join(path, i))
+                walk(v, (*loc, i))
 
-    walk(config.model_dump(), "")
+    walk(config.model_dump(), ())
     return problems
 
 
@@ -462,7 +462,7 @@ def _origin_tagged(lines: list[tuple[tuple[int | str, ...], str]],
     out = []
     for loc, line in lines:
         name = env_variable(loc, environ)
-        out.append(f"{line} (from the environment: {name})" if name else line)
+        out.append(f"{name} (environment): {line}" if name else line)
     return out
 
 
@@ -578,7 +578,7 @@ def load_config(path: Path | None, environ: dict[str, str] | None = None) -> Age
     if path is not None:
         _resolve_relative_paths(config, path.parent)
     problems += cross_check(config) if rules_ok else []
-    problems += [p for p in _nonfinite(config) if p not in problems]
+    problems += [p for p in _origin_tagged(_nonfinite(config), env) if p not in problems]
     problems += run_checks(config)
     if problems:
         raise ConfigError(_order_like_file(list(dict.fromkeys(problems)), keys))

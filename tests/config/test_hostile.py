@@ -133,11 +133,12 @@ def _cases() -> list[Case]:
              env={"EDGE_AGENT_CAMERAS": "abc"}),
         Case("env section not json", b"", "EDGE_AGENT_MQTT (environment)",
              env={"EDGE_AGENT_MQTT": "{bad json"}),
-        Case("env bad port", b"", "mqtt.port: Input should be a valid integer",
+        Case("env bad port", b"",
+             "EDGE_AGENT_MQTT__PORT (environment): mqtt.port: Input should be a valid integer",
              env={"EDGE_AGENT_MQTT__PORT": "abc"}),
-        Case("env inf", b"", "stats.interval: inf is not a finite number",
+        Case("env inf", b"", "EDGE_AGENT_STATS__INTERVAL (environment): stats.interval: inf",
              env={"EDGE_AGENT_STATS__INTERVAL": "inf"}),
-        Case("env wildcard device", b"", "from the environment: EDGE_AGENT_DEVICE__ID",
+        Case("env wildcard device", b"", "EDGE_AGENT_DEVICE__ID (environment): device.id",
              env={"EDGE_AGENT_DEVICE__ID": "a/+"}),
         # -- schema
         Case("unknown key", b"nonsense: 1\n", "nonsense: Extra inputs are not permitted"),
@@ -195,7 +196,8 @@ def test_hostile_input_exits_78_with_one_line_per_problem(
     lines = err.strip().splitlines()
     assert code == EX_CONFIG, (code, err)
     assert "Traceback" not in err, err
-    assert lines and all(line.startswith(str(path)) for line in lines), lines
+    where = "EDGE_AGENT_" if case.env else str(path)  # the file, or the variable to fix
+    assert lines and all(line.startswith(where) for line in lines), lines
     assert case.expect in err, (case.expect, err)
     assert all(len(line) < 400 for line in lines), "one short line per problem"
     assert rss < MAX_RSS_BYTES, f"peak RSS {rss / 2**20:.0f} MiB"
