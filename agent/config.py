@@ -253,9 +253,10 @@ def _file_kind(mode: int) -> str:
     return "not a regular file"
 
 
-def read_text_file(path: Path, limit: int, what: str = "file") -> str:
+def read_text_file(path: Path, limit: int, what: str = "file", secret: bool = False) -> str:
     """A small regular UTF-8 text file, checked before reading: never blocks on a FIFO, never
-    reads a device or more than ``limit`` bytes. Raises ``ConfigError`` with one line."""
+    reads a device or more than ``limit`` bytes. Raises ``ConfigError`` with one line, which
+    shows no byte of the file when it is ``secret``."""
     try:
         # O_NONBLOCK: opening a FIFO must not wait for a writer; it is refused below.
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
@@ -279,8 +280,9 @@ def read_text_file(path: Path, limit: int, what: str = "file") -> str:
         return raw.decode("utf-8")
     except UnicodeDecodeError as exc:
         line = raw.count(b"\n", 0, exc.start) + 1
-        raise ConfigError([f"{path}: byte {exc.start} (line {line}): not UTF-8 "
-                           f"(0x{raw[exc.start]:02x}); the {what} must be UTF-8 text"]) from None
+        shown = "" if secret else f" (0x{raw[exc.start]:02x})"
+        raise ConfigError([f"{path}: byte {exc.start} (line {line}): not UTF-8{shown}; the "
+                           f"{what} must be UTF-8 text"]) from None
 
 
 # libyaml's parser where PyYAML has it (it does on every supported platform): the pure
@@ -675,7 +677,8 @@ def read_mqtt_password(config: MqttConfig) -> str | None:
         return config.password.get_secret_value()
     if config.password_file is not None:
         try:
-            text = read_text_file(config.password_file, MAX_SECRET_BYTES, "password file")
+            text = read_text_file(config.password_file, MAX_SECRET_BYTES, "password file",
+                                  secret=True)
         except ConfigError as exc:
             raise ConfigError([f"mqtt.password_file: {exc.lines[0]}"]) from None
         lines = text.splitlines()
@@ -688,7 +691,7 @@ def read_mqtt_password(config: MqttConfig) -> str | None:
         candidate = Path(creds) / config.password_credential
         if candidate.is_file():
             try:
-                text = read_text_file(candidate, MAX_SECRET_BYTES, "credential")
+                text = read_text_file(candidate, MAX_SECRET_BYTES, "credential", secret=True)
             except ConfigError as exc:
                 raise ConfigError([f"mqtt.password_credential: {exc.lines[0]}"]) from None
             # The unit's fallback credential is a lone newline: that means "no password".

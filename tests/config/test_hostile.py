@@ -56,6 +56,16 @@ def fifo(tmp: Path) -> Path:
     return path
 
 
+def beside(name: str, content: bytes, config: str) -> Callable[[Path], Path]:
+    """A config that names a file written next to it (``{file}`` in ``config``)."""
+    def make(tmp: Path) -> Path:
+        (tmp / name).write_bytes(content)
+        path = tmp / "agent.yaml"
+        path.write_text(config.format(file=tmp / name))
+        return path
+    return make
+
+
 def deep(n: int, open_: str = "[", close: str = "]") -> bytes:
     return (f"x: {open_ * n}1{close * n}\n").encode()
 
@@ -122,6 +132,11 @@ def _cases() -> list[Case]:
              "mqtt.tls.cert_file"),
         Case("missing password file", f"mqtt:\n  password_file: {missing}\n".encode(),
              "mqtt.password_file"),
+        Case("password not UTF-8", path=beside("pw", b"caf\xe9\n",
+                                                 "mqtt:\n  password_file: {file}\n"),
+             expect="byte 3 (line 1): not UTF-8; the password file"),  # no byte of it shown
+        Case("password file empty", path=beside("pw", b"", "mqtt:\n  password_file: {file}\n"),
+             expect="empty (the password is its first line)"),
         Case("password file is /dev/zero", b"mqtt:\n  password_file: /dev/zero\n",
              "mqtt.password_file: /dev/zero: is a character device"),
         # -- the outbox
