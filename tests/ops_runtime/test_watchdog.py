@@ -205,3 +205,36 @@ def test_a_worker_killed_by_an_exception_starves_the_watchdog(
         daemon.request_stop()
         runner.join(15)
     assert not runner.is_alive()
+
+
+def test_the_agent_process_stops_feeding_systemd_when_its_ca_file_goes(
+    tmp_path: Path, notify_socket: socket.socket,
+) -> None:
+    """End to end, as systemd runs it: the CA file is there when the agent starts (and passes
+    the configuration check), then removed; the next reconnect kills the MQTT thread."""
+    import shutil
+
+    from tests.agent_process import AgentProcess
+    from tests.broker import free_port
+
+    ca = tmp_path / "ca.pem"
+    shutil.copy("/etc/ssl/certs/ca-certificates.crt", ca)
+    config = base_config(tmp_path, free_port(), mqtt={  # nobody listens: it keeps reconnecting
+        "tls": {"enabled": True, "ca_file": str(ca)}})
+    agent = AgentProcess(tmp_path, config, env={
+        "NOTIFY_SOCKET": str(tmp_path / "notify.sock"), "WATCHDOG_USEC": "3000000"}).start()
+    try:
+        seen: list[str] = []
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and seen.count("WATCHDOG=1") < 2:
+            seen += receive(notify_socket, 0.3)
+        assert "READY=1" in seen and seen.count("WATCHDOG=1") >= 2, (seen, agent.log)
+        ca.unlink()
+        assert agent.wait_log("no longer feeding the watchdog", 20), agent.log
+        assert "thread mqtt died: FileNotFoundError" in agent.log
+        receive(notify_socket, 0.5)
+        later = receive(notify_socket, 3.0)
+        assert "WATCHDOG=1" not in later, later
+        assert agent.stop(15) == 0, "a dead thread does not stall the clean stop"
+    finally:
+        agent.close()
