@@ -8,20 +8,41 @@ import sys
 from pathlib import Path
 
 from agent import __version__
-from agent.config import EX_CONFIG, AgentConfig, ConfigError, load_config
+from agent.config import ENV_PREFIX, EX_CONFIG, AgentConfig, ConfigError, load_config
 
 logger = logging.getLogger("agent")
 
 DEFAULT_CONFIG = Path("/etc/edge-agent/agent.yaml")
+
+EX_SOFTWARE = 70
+"""sysexits.h: an internal error (a bug): the configuration could not be checked at all."""
+
+EX_CANTCREAT = 73
+"""sysexits.h: the outbox or the rules state cannot be created or opened."""
+
+
+def _print_problems(path: Path, lines: list[str]) -> None:
+    """One line per problem, each starting with where to look: the file, or the variable."""
+    for line in lines:
+        here = line.startswith((str(path), ENV_PREFIX))
+        print(line if here else f"{path}: {line}", file=sys.stderr)
 
 
 def _load_or_exit(path: Path) -> AgentConfig:
     try:
         return load_config(path)
     except ConfigError as exc:
-        for line in exc.lines:
-            print(f"{path}: {line}" if not line.startswith(str(path)) else line, file=sys.stderr)
+        _print_problems(path, exc.lines)
         raise SystemExit(EX_CONFIG) from None
+    except (RecursionError, MemoryError) as exc:
+        # Bounded before parsing (size, depth, aliases); this is the last line of defence.
+        print(f"{path}: too large or too deeply nested to check ({type(exc).__name__})",
+              file=sys.stderr)
+        raise SystemExit(EX_CONFIG) from None
+    except Exception as exc:  # a bug: one line and a documented code, never a traceback
+        print(f"{path}: cannot be checked: internal error {type(exc).__name__}: {exc} "
+              "(please report it)", file=sys.stderr)
+        raise SystemExit(EX_SOFTWARE) from None
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
@@ -43,15 +64,15 @@ def cmd_run(args: argparse.Namespace) -> int:
     config = _load_or_exit(args.config)  # before importing the runtime: fail fast and cheap
 
     from agent.config import read_mqtt_password
-    from agent.daemon import Daemon, exit_now
+    from agent.daemon import Daemon, StateError, exit_now
     from agent.labels import LabelCatalogueError
     from agent.logs import setup_logging
     from agent.outbox.store import OutboxError
 
     try:
         password = read_mqtt_password(config.mqtt)
-    except ConfigError as exc:
-        print("\n".join(exc.lines), file=sys.stderr)
+    except ConfigError as exc:  # the file changed since it was checked
+        _print_problems(args.config, exc.lines)
         return EX_CONFIG
     setup_logging(args.log_level or config.logging.level, [password or ""])
     if config.cameras:
@@ -61,9 +82,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         capture_native_logs()
     try:
         daemon = Daemon(config, args.config)
-    except OutboxError as exc:
+    except (OutboxError, StateError) as exc:
         logger.error("%s", exc)
-        return 73  # EX_CANTCREAT
+        return EX_CANTCREAT
     except LabelCatalogueError as exc:
         logger.error("label catalogue: %s (models.dir: %s)", exc, config.models.dir)
         return EX_CONFIG

@@ -14,6 +14,7 @@ import json
 import logging
 import os
 import signal
+import sqlite3
 import sys
 import threading
 import time
@@ -81,6 +82,10 @@ def exit_now(code: int) -> NoReturn:
     flusher.start()
     flusher.join(0.4)
     os._exit(code)
+
+
+class StateError(RuntimeError):
+    """State the agent keeps on disk besides the outbox (open rule windows) cannot be opened."""
 
 
 def event_messages(event: Event, media_on_topic: bool) -> list[OutboxMessage]:
@@ -227,6 +232,13 @@ class Daemon:
         self.dispatcher = Dispatcher(config, self.outbox, self.link.wake, self._build_engine())
         self.workers: dict[str, Worker] = {}
         self._hung_reported: set[str] = set()
+        # Threads that died of an uncaught exception (threading.excepthook), name -> cause.
+        self._deaths: dict[str, str] = {}
+        self._deaths_reported: set[str] = set()
+        self._deaths_lock = threading.Lock()
+        # Sources whose detection or thresholds a command changed: a reload undoes it.
+        self._runtime_changes: dict[str, set[str]] = {}
+        self._runtime_lock = threading.Lock()
         self._system = SystemSampler(config.outbox.path)
         # Operations: commands on set/# (results on result/#), Home Assistant discovery.
         self.commands: CommandRouter | None = None
@@ -255,8 +267,11 @@ class Daemon:
     def _build_engine(self) -> RuleEngine | None:
         if not self.config.rules:
             return None
-        return RuleEngine(self.config.rules, self.device, self.clock, self.rules_state_dir,
-                          label_names=self._label_names)
+        try:
+            return RuleEngine(self.config.rules, self.device, self.clock, self.rules_state_dir,
+                              label_names=self._label_names)
+        except (OSError, sqlite3.Error, RuntimeError) as exc:
+            raise StateError(f"rules state {self.rules_state_dir}: cannot open: {exc}") from exc
 
     def _status_listener(self, status: SourceStatus) -> None:
         logger.info("%s %s: %s%s", status.kind, status.source_id, status.state.value,
@@ -314,6 +329,11 @@ class Daemon:
     def request_stats(self) -> None:
         self._stats_now.set()
 
+    def note_runtime_change(self, source_id: str, what: str) -> None:
+        """A command changed ``what`` (detection, thresholds) of a source; see ``reload``."""
+        with self._runtime_lock:
+            self._runtime_changes.setdefault(source_id, set()).add(what)
+
     def install_signal_handlers(self) -> None:
         def on_stop(signum: int, frame: FrameType | None) -> None:
             logger.info("received %s; stopping", signal.Signals(signum).name)
@@ -350,8 +370,25 @@ class Daemon:
                        STOP_DEADLINE_S, self._stop_step, ", ".join(others) or "none")
         exit_now(0)
 
+    def _on_thread_death(self, args: threading.ExceptHookArgs) -> None:
+        """``threading.excepthook`` while running: a thread that dies is an ERROR in the log,
+        with its cause, and starves the watchdog (see ``healthy``)."""
+        name = args.thread.name if args.thread is not None else "a thread"
+        cause = f"{args.exc_type.__name__}: {args.exc_value}"
+        with self._deaths_lock:
+            self._deaths[name] = cause
+        logger.error("thread %s died: %s", name, cause, exc_info=args.exc_value or False)
+
     def run(self) -> int:
         """Run until stopped; returns the exit code."""
+        previous_hook = threading.excepthook
+        threading.excepthook = self._on_thread_death
+        try:
+            return self._run()
+        finally:
+            threading.excepthook = previous_hook
+
+    def _run(self) -> int:
         self.start()
         interval = self.config.stats.interval
         next_stats = self.clock.monotonic() + min(5.0, interval)
@@ -383,8 +420,33 @@ class Daemon:
             return HUNG_AFTER_S
         return min(HUNG_AFTER_S, max(interval / 2, HUNG_FLOOR_S))
 
+    def dead_threads(self) -> dict[str, str]:
+        """Threads that should be alive and are not, with the cause: a worker or any other
+        thread that died of an exception, the MQTT threads once started and not stopped.
+        A source that ended or gave up on its own (``ended``, ``error``) is not dead."""
+        with self._deaths_lock:
+            dead = dict(self._deaths)
+        for sid, worker in self.workers.items():
+            if worker.crashed is not None and not worker.alive:
+                dead[f"source {sid}"] = worker.crashed
+        if not self.link.alive and not self._stop.is_set():
+            dead.setdefault("mqtt", "the network thread is not running")
+        return dead
+
     def healthy(self) -> bool:
-        """True while every thread that matters still goes round; logs what hangs, once."""
+        """True while every thread that matters is alive and still goes round; logs what
+        died or hangs, once. A dead thread's last heartbeat says nothing, so it is checked
+        first: its age would read 0."""
+        dead = self.dead_threads()
+        for name, cause in dead.items():
+            if name not in self._deaths_reported:
+                self._deaths_reported.add(name)
+                if self.notifier.watchdog_interval:
+                    logger.error("%s is dead (%s); no longer feeding the watchdog, so systemd "
+                                 "restarts the agent", name, cause)
+                else:
+                    logger.error("%s is dead (%s); restart the agent (no systemd watchdog "
+                                 "to do it)", name, cause)
         limit = self.hung_after()
         hung = {sid: w.heartbeat_age() for sid, w in self.workers.items()
                 if w.heartbeat_age() > limit}
@@ -395,7 +457,7 @@ class Daemon:
                 logger.error("%s: no progress for %.0f s; starving the watchdog so systemd "
                              "restarts the agent", name, age)
         self._hung_reported = set(hung)
-        return not hung
+        return not hung and not dead
 
     def _status_line(self) -> str:
         ob = self.outbox.stats()
@@ -456,10 +518,18 @@ class Daemon:
         new_sources = {s.id: s for s in new.all_sources()}
         self.config = new
         self.dispatcher.set_config(new)
+        with self._runtime_lock:
+            changed, self._runtime_changes = self._runtime_changes, {}
         for sid, worker in list(self.workers.items()):
-            if new_sources.get(sid) != old_sources.get(sid):
+            # Runtime changes last until the next reload (or restart), for every command:
+            # thresholds go back to the file's with a fresh worker, detection back on.
+            if new_sources.get(sid) != old_sources.get(sid) or "thresholds" in changed.get(
+                    sid, ()):
                 worker.stop()
                 del self.workers[sid]
+            elif "detection" in changed.get(sid, ()) and not worker.detection_enabled:
+                worker.detection_enabled = True
+                logger.info("reload: source %s: detection back on (as configured)", sid)
         for sid, source in new_sources.items():
             if sid not in self.workers and source.enabled:
                 self._start_worker(source)

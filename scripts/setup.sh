@@ -14,7 +14,7 @@ case "${1:-}" in
 esac
 
 # Debian packages the agent and its tests use: a broker, PortAudio, a JACK dummy sound
-# card, speech synthesis for audio samples, shellcheck for the install script.
+# card, speech synthesis for audio samples, shellcheck for the install script, strace.
 missing=()
 have() { command -v "$1" >/dev/null 2>&1 || [ -x "/usr/sbin/$1" ]; }
 have mosquitto || missing+=(mosquitto)
@@ -29,6 +29,7 @@ if [ "$extra" = "[dev]" ]; then
   have ffmpeg || missing+=(ffmpeg)
   have gst-launch-1.0 || missing+=(gstreamer1.0-tools gstreamer1.0-plugins-base
                                    gstreamer1.0-plugins-good)
+  have strace || missing+=(strace)   # the no-telemetry test traces an agent run
 fi
 if [ ${#missing[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then

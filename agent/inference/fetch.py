@@ -152,8 +152,9 @@ def onnx_loads(path: Path) -> bool:
     """Whether onnxruntime can open ``path``: the "already fetched" test for ONNX outputs."""
     if not path.is_file() or path.stat().st_size == 0:
         return False
-    import onnxruntime as ort
+    from agent.inference.session import load_onnxruntime
 
+    ort = load_onnxruntime()
     try:
         ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     except Exception as exc:

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 from pathlib import Path
+from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -58,6 +60,22 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+def load_onnxruntime() -> ModuleType:
+    """onnxruntime with its telemetry off; import it only through here.
+
+    onnxruntime 1.32 starts Microsoft's telemetry (1DS) when the library loads: it writes a
+    device id and an event database under ``$HOME/.cache/Microsoft/`` and may resolve
+    ``*.events.data.microsoft.com``. ``ORT_DISABLE_TELEMETRY`` is read at load time, so it
+    is set before the first import; ``disable_telemetry_events`` covers a library that was
+    loaded elsewhere first. tests/inference/test_telemetry.py checks an agent run.
+    """
+    os.environ["ORT_DISABLE_TELEMETRY"] = "1"
+    import onnxruntime as ort
+
+    ort.disable_telemetry_events()
+    return ort
+
+
 def resolve_providers(wanted: list[str], available: list[str]) -> list[str]:
     """Map config names to onnxruntime names, keeping only available ones; CPU always last."""
     chosen: list[str] = []
@@ -74,7 +92,7 @@ class InferenceSession:
     """An onnxruntime session that knows its name, file digest and providers."""
 
     def __init__(self, name: str, config: SessionConfig, base_dir: Path | None = None) -> None:
-        import onnxruntime as ort
+        ort = load_onnxruntime()
 
         path = config.path
         if not path.is_absolute() and base_dir is not None:

@@ -1,6 +1,8 @@
 """Runtime commands over MQTT: ``{prefix}/{device}/set/...`` in, ``.../result/...`` out.
 
-Every message under ``set/`` gets exactly one JSON result on the mirrored ``result/`` topic::
+Every message under ``set/`` gets exactly one JSON result on the mirrored ``result/`` topic,
+except an empty one (zero bytes), which is ignored: that is what a broker delivers when
+someone clears a retained command, and it must never run the command again::
 
     {"request_id": "r1", "command": "sources.detection", "ok": true, "error": null,
      "result": {"source": "front", "enabled": false}}
@@ -64,6 +66,9 @@ class CommandTarget(Protocol):
     def request_reload(self) -> None: ...
 
     def request_stats(self) -> None: ...
+
+    def note_runtime_change(self, source_id: str, what: str) -> None:
+        """A command changed a source's detection or thresholds (undone by a reload)."""
 
 
 # -- payloads ------------------------------------------------------------------------------
@@ -302,7 +307,12 @@ class CommandRouter:
     # -- the callback ---------------------------------------------------------------------
 
     def handle(self, topic: str, payload: bytes) -> None:
-        """Answer one message under ``set/``; never raises."""
+        """Answer one message under ``set/``; never raises. An empty message is ignored."""
+        if not payload:
+            logger.info("command set/%s: empty message ignored (that clears a retained "
+                        "command; send {} to run a command that takes no arguments)",
+                        _short(topic[len(self._set) + 1:]))
+            return
         suffix = topic[len(self._set) + 1:] if topic.startswith(self._set + "/") else ""
         result_topic = self._result + (f"/{suffix}" if suffix else "")
         if len(suffix) > _MAX_SUFFIX:
@@ -403,6 +413,7 @@ class CommandRouter:
         worker = self._worker(request)
         enabled = request.payload.enabled
         worker.detection_enabled = enabled
+        self._target.note_runtime_change(str(request.target_id), "detection")
         return {"source": request.target_id, "enabled": enabled}
 
     def _thresholds(self, request: Request) -> Any:
@@ -422,11 +433,13 @@ class CommandRouter:
                 raise CommandError("malformed", f"{kind} {request.target_id} has no "
                                    f"{', '.join(_short(w) for w in wrong)}")
         try:
-            return setter(changes)
+            answer = setter(changes)
         except (ValueError, KeyError) as exc:
             # The worker checks label ids against what it tracks; it changes nothing then.
             message = exc.args[0] if exc.args else str(exc)
             raise CommandError("invalid", str(message)) from None
+        self._target.note_runtime_change(str(request.target_id), "thresholds")
+        return answer
 
     def _snapshot(self, request: Request) -> Any:
         worker = self._worker(request)

@@ -286,6 +286,11 @@ class MqttLink:
         self._handlers[topic_filter] = (handler, accept_retained)
         self.wake()
 
+    @property
+    def alive(self) -> bool:
+        """Both threads (network, acknowledgements) are running; False before ``start``."""
+        return all(t is not None and t.is_alive() for t in (self._thread, self._ack_thread))
+
     def heartbeat_age(self) -> float:
         """Seconds since the network loop last went round (for the watchdog)."""
         if self._thread is None or not self._thread.is_alive():

@@ -41,6 +41,7 @@ from pathlib import Path
 from typing import IO, NamedTuple
 
 from agent.clock import Clock, SystemClock
+from agent.fsmodes import private_dir, private_file
 from agent.outbox import db as dbfile
 from agent.outbox.config import OutboxConfig
 from agent.outbox.db import NewRow, OutboxDb
@@ -286,7 +287,11 @@ class Outbox:
 
     def _open(self) -> OutboxDb:
         try:
-            self._path.mkdir(parents=True, exist_ok=True)
+            private_dir(self._path)  # 0700 / 0600 whatever the umask: events are private
+            for name in (_LOCK_NAME, dbfile.FILE_NAME):
+                private_file(self._path / name)
+            for name in (f"{dbfile.FILE_NAME}-wal", f"{dbfile.FILE_NAME}-shm"):
+                private_file(self._path / name, create=False)
         except OSError as exc:
             raise self._error("create", exc) from exc
         try:

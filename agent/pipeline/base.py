@@ -44,10 +44,13 @@ class Worker(ABC):
         self.tracker = StateTracker(source_id, self.kind, clock, status_listener)
         self.detection_enabled = True
         self.events_emitted = 0
+        self.crashed: str | None = None
+        """Why the thread died of an exception (the watchdog then starves); None otherwise."""
 
     def start(self) -> None:
         """Start the worker thread."""
         self._stop.clear()
+        self.crashed = None
         self._last_beat = self._clock.monotonic()
         self._thread = threading.Thread(
             target=self._guarded_run, name=f"{self.kind}:{self.source_id}", daemon=True
@@ -89,6 +92,7 @@ class Worker(ABC):
             self._run()
         except Exception as exc:  # a source's bug must not take the agent down
             logger.exception("%s %s: worker failed: %s", self.kind, self.source_id, exc)
+            self.crashed = f"{type(exc).__name__}: {exc}"
             self.tracker.set(SourceState.ERROR, f"worker failed: {exc}")
 
     def _close(self) -> None:  # noqa: B027  (an optional hook, not an abstract step)

@@ -47,6 +47,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from agent.events.schema import DeviceRef, Event, Label, SourceRef, new_event_id
+from agent.fsmodes import private_dir, private_file
 
 logger = logging.getLogger(__name__)
 
@@ -101,8 +102,11 @@ class RuleStore:
     """The state file in a state directory. Not thread-safe: the engine serialises calls."""
 
     def __init__(self, state_dir: Path) -> None:
-        state_dir.mkdir(parents=True, exist_ok=True)
+        private_dir(state_dir)  # 0700 / 0600 whatever the umask: open windows hold events
         self.path = state_dir / FILE_NAME
+        private_file(self.path)
+        for suffix in ("-wal", "-shm"):
+            private_file(state_dir / (FILE_NAME + suffix), create=False)
         db = self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         db.execute("PRAGMA journal_mode=WAL")
         db.execute("PRAGMA synchronous=NORMAL")

@@ -83,6 +83,10 @@ class FakeDaemon:
         self.dispatcher = FakeDispatcher(FakeEngine() if with_rules else None)
         self.reloads = 0
         self.stats_requests = 0
+        self.runtime_changes: list[tuple[str, str]] = []
+
+    def note_runtime_change(self, source_id: str, what: str) -> None:
+        self.runtime_changes.append((source_id, what))
 
     def request_reload(self) -> None:
         self.reloads += 1
@@ -120,7 +124,7 @@ class Harness:
 
     def send(self, suffix: str, payload: Any = None) -> dict[str, Any]:
         raw = payload if isinstance(payload, bytes) else (
-            b"" if payload is None else json.dumps(payload).encode())
+            b"{}" if payload is None else json.dumps(payload).encode())
         before = len(self.results)
         self.router.handle(f"{BASE}/set/{suffix}", raw)
         assert len(self.results) == before + 1, "exactly one result per command"
@@ -211,6 +215,20 @@ def test_reload_and_stats_are_handed_to_the_main_loop() -> None:
     assert (h.daemon.reloads, h.daemon.stats_requests) == (1, 1)
 
 
+def test_an_empty_message_is_ignored_never_executed(caplog: pytest.LogCaptureFixture) -> None:
+    """Clearing a retained command (``mosquitto_pub -r -n``) delivers an empty message to
+    the agent, not retained: it must not run ``config/reload`` or ``stats`` once more."""
+    h = Harness()
+    before = h.daemon.state()
+    with caplog.at_level(logging.INFO, logger="agent.mqtt.commands"):
+        for suffix in ("config/reload", "stats", "sources/cam/snapshot",
+                       "sources/cam/detection"):
+            h.router.handle(f"{BASE}/set/{suffix}", b"")
+    assert h.results == [] and h.daemon.state() == before
+    assert caplog.text.count("empty message ignored") == 4
+    assert h.send("config/reload")["ok"], "{} still runs a command without arguments"
+
+
 def test_refusals_each_get_one_result_and_one_log_line(caplog: pytest.LogCaptureFixture) -> None:
     h = Harness(CommandsConfig(allow=["stats.publish", "sources.detection"]))
     before = h.daemon.state()
@@ -286,7 +304,7 @@ def test_snapshots_wait_on_one_short_queue() -> None:
     router = CommandRouter(BASE, daemon, publish)
     try:
         for _ in range(10):
-            router.handle(f"{BASE}/set/sources/cam/snapshot", b"")
+            router.handle(f"{BASE}/set/sources/cam/snapshot", b"{}")
         with done:
             busy = [r for r in results if not r["ok"]]
         assert busy and all(r["error"].startswith("busy:") for r in busy)
@@ -394,6 +412,10 @@ def test_fuzzed_commands_never_crash_and_change_nothing_unless_valid(
         h = Harness(CommandsConfig(allow=allow))  # type: ignore[arg-type]
         before = h.daemon.state()
         h.router.handle(f"{BASE}/set/{suffix}", payload)  # must not raise
+        if payload == b"":  # a cleared retained command: ignored, never executed
+            assert h.results == [] and h.daemon.state() == before
+            counts["messages"] += 1
+            return
         assert len(h.results) == 1, "exactly one result per message"
         topic, body = h.results[0]
         assert topic.startswith(f"{BASE}/result")

@@ -114,3 +114,129 @@ def test_a_hung_source_starves_the_watchdog_and_is_named(
         runner.join(15)
         sock.close()
     assert not runner.is_alive()
+
+
+class CrashingWorker(HangingWorker):
+    """A source that goes round a few times, then dies of an injected exception."""
+
+    def _run(self) -> None:
+        self.tracker.set(SourceState.RUNNING)
+        for _ in range(10):
+            self.beat()
+            if self.released.wait(0.2):
+                return
+        raise RuntimeError("injected fault")
+
+
+def run_until(daemon: Daemon, sock: socket.socket, caplog: pytest.LogCaptureFixture,
+              needle: str) -> list[str]:
+    """Run the daemon on a thread until ``needle`` is logged; every notification seen."""
+    seen: list[str] = []
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline and needle not in caplog.text:
+        seen += receive(sock, 0.3)
+    assert needle in caplog.text, caplog.text
+    return seen
+
+
+@pytest.fixture
+def notify_socket(tmp_path: Path) -> Any:
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(str(tmp_path / "notify.sock"))
+    sock.settimeout(0.2)
+    yield sock
+    sock.close()
+
+
+def test_a_dead_mqtt_thread_starves_the_watchdog(
+    tmp_path: Path, notify_socket: socket.socket, caplog: pytest.LogCaptureFixture,
+) -> None:
+    # A CA file that is missing (here: removed after check-config) kills paho's tls_set on
+    # the network thread; its heartbeat age then reads 0, which must not count as healthy.
+    config = AgentConfig(**base_config(tmp_path, 1, mqtt={
+        "tls": {"enabled": True, "ca_file": str(tmp_path / "gone-ca.pem")}}))
+    daemon = Daemon(config, notifier=notifier(tmp_path / "notify.sock", 3.0))
+    runner = threading.Thread(target=daemon.run, name="test-daemon")
+    try:
+        with caplog.at_level(logging.INFO, logger="agent.daemon"):
+            runner.start()
+            seen = run_until(daemon, notify_socket, caplog, "no longer feeding the watchdog")
+            assert "READY=1" in seen
+            assert "thread mqtt died: FileNotFoundError" in caplog.text
+            assert "mqtt is dead (FileNotFoundError" in caplog.text
+            receive(notify_socket, 0.3)  # a ping sent before the check
+            later = receive(notify_socket, 3.0)
+            assert "WATCHDOG=1" not in later, later
+            assert caplog.text.count("mqtt is dead") == 1, "logged once, not per beat"
+    finally:
+        daemon.request_stop()
+        runner.join(15)
+    assert not runner.is_alive()
+
+
+def test_a_worker_killed_by_an_exception_starves_the_watchdog(
+    tmp_path: Path, broker: Broker, notify_socket: socket.socket,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    config = AgentConfig(**base_config(tmp_path, broker.port, synthetic=[
+        {"id": "healthy", "rate": 5}, {"id": "doomed", "rate": 5}]))
+    daemon = Daemon(config, notifier=notifier(tmp_path / "notify.sock", 3.0))
+    real_build = daemon.build_worker
+
+    def build(source: SourceCommon) -> Worker:
+        if source.id == "doomed":
+            return CrashingWorker(source.id, daemon.dispatcher.emit, daemon.clock,
+                                  daemon._status_listener)
+        return real_build(source)
+
+    daemon.build_worker = build  # type: ignore[method-assign]
+    runner = threading.Thread(target=daemon.run, name="test-daemon")
+    try:
+        with caplog.at_level(logging.INFO):
+            runner.start()
+            seen = run_until(daemon, notify_socket, caplog, "source doomed is dead")
+            assert "WATCHDOG=1" in seen, "fed while the worker was alive and going round"
+            assert "RuntimeError: injected fault" in caplog.text
+            assert "source healthy is dead" not in caplog.text
+            receive(notify_socket, 0.3)
+            later = receive(notify_socket, 3.0)
+            assert "WATCHDOG=1" not in later, later
+    finally:
+        daemon.request_stop()
+        runner.join(15)
+    assert not runner.is_alive()
+
+
+@pytest.mark.skipif(not Path("/etc/ssl/certs/ca-certificates.crt").is_file(),
+                    reason="no system CA bundle (Debian's ca-certificates) to copy")
+def test_the_agent_process_stops_feeding_systemd_when_its_ca_file_goes(
+    tmp_path: Path, notify_socket: socket.socket,
+) -> None:
+    """End to end, as systemd runs it: the CA file is there when the agent starts (and passes
+    the configuration check), then removed; the next reconnect kills the MQTT thread."""
+    import shutil
+
+    from scripts.harness.agent_process import AgentProcess
+    from scripts.harness.broker import free_port
+
+    ca = tmp_path / "ca.pem"
+    shutil.copy("/etc/ssl/certs/ca-certificates.crt", ca)
+    config = base_config(tmp_path, free_port(), mqtt={  # nobody listens: it keeps reconnecting
+        "tls": {"enabled": True, "ca_file": str(ca)}})
+    agent = AgentProcess(tmp_path, config, env={
+        "NOTIFY_SOCKET": str(tmp_path / "notify.sock"), "WATCHDOG_USEC": "3000000"}).start()
+    try:
+        seen: list[str] = []
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and seen.count("WATCHDOG=1") < 2:
+            seen += receive(notify_socket, 0.3)
+        assert "READY=1" in seen and seen.count("WATCHDOG=1") >= 2, (seen, agent.log)
+        ca.unlink()
+        assert agent.wait_log("no longer feeding the watchdog", 20), agent.log
+        assert "thread mqtt died: FileNotFoundError" in agent.log
+        receive(notify_socket, 0.5)
+        later = receive(notify_socket, 3.0)
+        assert "WATCHDOG=1" not in later, later
+        assert agent.stop(15) == 0, "a dead thread does not stall the clean stop"
+    finally:
+        agent.close()
