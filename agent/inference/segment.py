@@ -77,7 +77,6 @@ def decode_masks(
 
     k, m = coefficients.shape
     _, proto_h, proto_w = protos.shape
-    logits = (coefficients @ protos.reshape(m, -1)).reshape(k, proto_h, proto_w)
     rx, ry = proto_w / input_size[0], proto_h / input_size[1]
     sx, sy = box.scale
     px, py = box.pad
@@ -95,11 +94,24 @@ def decode_masks(
         # Frame pixel (c, r) has its centre at (c + 0.5, r + 0.5); through the letterbox it
         # lands at (c + 0.5) * sx + px input pixels, and on the prototype grid (whose pixel
         # centres sit at j + 0.5) at that times rx, minus 0.5 as an index.
+        u_first = ((c0 + 0.5) * sx + px) * rx - 0.5
+        v_first = ((r0 + 0.5) * sy + py) * ry - 0.5
+        # Only the prototype cells under the box (plus one for the interpolation) are mixed:
+        # a 20-object frame then costs a fraction of the full [K, M] x [M, h*w] product.
+        u0 = max(0, math.floor(u_first) - 1)
+        v0 = max(0, math.floor(v_first) - 1)
+        u1 = min(proto_w, math.ceil(((c1 - 0.5) * sx + px) * rx - 0.5) + 2)
+        v1 = min(proto_h, math.ceil(((r1 - 0.5) * sy + py) * ry - 0.5) + 2)
+        if u1 <= u0 or v1 <= v0:
+            outlines.append(np.zeros((0, 2), dtype=np.float32))
+            continue
+        cells = protos[:, v0:v1, u0:u1].reshape(m, -1)
+        logits = (coefficients[i] @ cells).reshape(v1 - v0, u1 - u0).astype(np.float32)
         warp = np.array([
-            [sx * rx, 0.0, ((c0 + 0.5) * sx + px) * rx - 0.5],
-            [0.0, sy * ry, ((r0 + 0.5) * sy + py) * ry - 0.5],
+            [sx * rx, 0.0, u_first - u0],
+            [0.0, sy * ry, v_first - v0],
         ], dtype=np.float64)
-        region = cv2.warpAffine(logits[i], warp, (c1 - c0, r1 - r0),
+        region = cv2.warpAffine(logits, warp, (c1 - c0, r1 - r0),
                                 flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
                                 borderMode=cv2.BORDER_REPLICATE)
         mask = region > floor
