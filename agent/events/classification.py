@@ -9,7 +9,9 @@
 - ``objects``: two-stage, detect then classify: after the camera's detector, each tracked
   (confirmed) object of the ``objects`` labels seen in the frame is cut out (its box, grown
   by ``padding`` on each side) and classified; the same hold rule applies per object, and
-  the event carries the object's ``track_id`` and box.
+  each prediction carries the object's ``track_id`` and box. The event itself has no
+  ``track_id``: that field means a lifecycle (``new``/``update``/``end``), which rules count
+  once per track, and each change of an object's class is worth counting.
 - ``request``: only when asked (``set/sources/{id}/snapshot``): the snapshot is then a
   ``kind: classification`` event of the latest frame (or ``crop``), whatever the class.
 
@@ -228,7 +230,6 @@ class ClassificationProcessor:
             device=ctx.device,
             source=ctx.source,
             model=ctx.model,
-            track_id=track_id,
             label=self.labels[class_id],
             predictions=self._predictions(result, track_id),
             images=self._images(result, image),
