@@ -168,7 +168,7 @@ def load_classify_stage(
     camera_task = getattr(camera_model, "task", "detect")
     if classify.model is None:
         if camera_task == "classify" and classify.run == "request":
-            classifier = camera_model.classifier
+            classifier = camera_model
         elif camera_task == "classify":
             return None  # the camera's own model already classifies every frame
         else:

@@ -94,3 +94,20 @@ def test_a_camera_that_does_not_fit_its_models_reports_why(
     worker.stop()
     assert status.state is SourceState.ERROR
     assert message in str(status.detail)
+
+
+def test_a_classifier_camera_on_request_classifies_only_when_asked(
+    models: dict[str, DetectorModelConfig], tmp_path: Path
+) -> None:
+    config = CameraConfig.model_validate({"id": "c", "url": str(tmp_path / "x.avi"),
+                                          "model": "cls", "classify": {"run": "request"}})
+    worker = build_vision_worker(config, models, tmp_path, None, DeviceRef(id="d"),
+                                 lambda e: None, SystemClock())
+    assert worker.detector is not None and worker.classify_stage is not None
+    frame = np.zeros((120, 160, 3), np.uint8)
+    assert worker.detector.detect(frame) is None  # frames are not classified
+    event = worker.classify_stage.on_request(frame, 1_700_000_000.0)
+    assert event.kind == "classification" and event.label is not None
+    assert event.label.id == "scratched"
+    assert [p.label.id for p in event.predictions] == ["scratched", "good", "dented"]
+    assert event.predictions[0].box is not None and event.predictions[0].box.width == 160.0
