@@ -121,6 +121,8 @@ class Detector:
     Not thread-safe (it reuses one input buffer): give each worker thread its own detector.
     """
 
+    task = "detect"
+
     def __init__(self, name: str, config: DetectorModelConfig, models_dir: Path) -> None:
         self.name = name
         self.config = config
