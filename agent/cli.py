@@ -26,6 +26,14 @@ def _load_or_exit(path: Path) -> AgentConfig:
 
 def cmd_check_config(args: argparse.Namespace) -> int:
     config = _load_or_exit(args.config)
+    if args.models:
+        from agent.inference.check import check_models
+
+        problems = check_models(config)
+        for line in problems:
+            print(f"{args.config}: {line}", file=sys.stderr)
+        if problems:
+            return EX_CONFIG
     print(f"{args.config}: OK (device {config.device.id}, "
           f"{len(config.all_sources())} sources, {len(config.rules)} rules)")
     return 0
@@ -46,6 +54,11 @@ def cmd_run(args: argparse.Namespace) -> int:
         print("\n".join(exc.lines), file=sys.stderr)
         return EX_CONFIG
     setup_logging(args.log_level or config.logging.level, [password or ""])
+    if config.cameras:
+        # OpenCV/FFmpeg write to stderr themselves: through the log, once per kind of line.
+        from agent.sources.native_log import install as capture_native_logs
+
+        capture_native_logs()
     try:
         daemon = Daemon(config, args.config)
     except OutboxError as exc:
@@ -135,6 +148,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("check-config", help="validate a configuration file (exit 78 if invalid)")
     with_config(p)
+    p.add_argument("--models", action="store_true",
+                   help="also load every model in use: file, output layout, label count")
     p.set_defaults(func=cmd_check_config)
 
     p = sub.add_parser("tail", help="print the agent's events and status as they arrive")

@@ -115,21 +115,56 @@ def default_labels_dir() -> Path:
     return REPO_ROOT / "models" / "labels"
 
 
-def load_label_file(path: Path) -> list[str]:
-    """The names in a user's label file: one a line; blank lines and ``#`` lines ignored.
+_INDEXED_LINE = re.compile(r"^(?P<index>\d+)\s*(?::\s*|\s+)(?P<name>\S.*)$")
 
-    Surrounding whitespace is stripped; a Darknet ``coco.names`` file reads as is. Raises
-    :class:`LabelCatalogueError` naming the file when it cannot be read or holds no names.
+
+def _unquote(name: str) -> str:
+    """``'traffic light'`` -> ``traffic light`` (YAML-style names are often quoted)."""
+    if len(name) >= 2 and name[0] == name[-1] and name[0] in "'\"":
+        return name[1:-1].strip()
+    return name
+
+
+def load_label_file(path: Path) -> list[str]:
+    """The names in a label file, by class index; the one reader for every model.
+
+    Accepted forms, one class a line:
+
+    - ``person``: the line's position is the class index (a Darknet ``coco.names``);
+    - ``0 person``: an index, blanks, the name;
+    - ``0: person`` (or ``0: 'traffic light'``): an Ultralytics ``names:`` entry.
+
+    Blank lines, ``#`` comment lines and a UTF-8 byte-order mark are skipped; surrounding
+    whitespace is stripped. The indexed forms are used only when every line has an index
+    (``3d printer`` alone is a name); their indices must then be 0, 1, 2... with no gap or
+    repeat, in any order. Raises :class:`LabelCatalogueError` naming the file (and the line)
+    when it cannot be read, holds no names or has a bad index.
     """
     try:
         text = path.read_text(encoding="utf-8-sig")
     except (OSError, UnicodeDecodeError) as exc:
         raise LabelCatalogueError(f"label file {path}: cannot read it: {exc}") from exc
-    names = [line.strip() for line in text.splitlines()]
-    names = [name for name in names if name and not name.startswith("#")]
-    if not names:
+    lines = [(no, line.strip()) for no, line in enumerate(text.splitlines(), start=1)]
+    lines = [(no, line) for no, line in lines if line and not line.startswith("#")]
+    if not lines:
         raise LabelCatalogueError(f"label file {path}: holds no label names")
-    return names
+    matches = [_INDEXED_LINE.match(line) for _, line in lines]
+    if not all(matches):
+        return [_unquote(line) for _, line in lines]
+    by_index: dict[int, str] = {}
+    for (no, _), match in zip(lines, matches, strict=True):
+        assert match is not None
+        index = int(match["index"])
+        if index in by_index:
+            raise LabelCatalogueError(f"label file {path} line {no}: index {index} is repeated")
+        by_index[index] = _unquote(match["name"].strip())
+    missing = sorted(set(range(len(by_index))) - set(by_index))
+    if missing:
+        raise LabelCatalogueError(
+            f"label file {path}: indices must run 0..{len(by_index) - 1} without gaps; "
+            f"missing {', '.join(map(str, missing[:5]))}"
+        )
+    return [by_index[i] for i in range(len(by_index))]
 
 
 def _read_catalogue(path: Path, which: CatalogueName) -> tuple[LabelInfo, ...]:

@@ -9,10 +9,18 @@ import logging
 import os
 import re
 import sys
-from collections.abc import Iterable
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Iterable
 
 _URL_CREDENTIALS = re.compile(r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.-]*://)[^/@\s:]+(:[^/@\s]*)?@")
-_QUERY_SECRETS = re.compile(r"(?i)\b(password|passwd|pwd|token|secret|key|auth)=([^&\s]+)")
+# The value runs to the next ``&``, blank, quote or ``#``; punctuation that ends a sentence
+# (``...?token=abc: connection refused``) is left to the sentence, not hidden as the value.
+_QUERY_SECRETS = re.compile(
+    r"(?i)\b(password|passwd|pwd|token|secret|key|auth)=([^&\s\"'#<>]+?)"
+    r"(?=[:;,.)\]]*(?:[&\s\"'#<>]|$))"
+)
 
 
 def redact(text: str, secrets: Iterable[str] = ()) -> str:
@@ -23,6 +31,52 @@ def redact(text: str, secrets: Iterable[str] = ()) -> str:
         if secret:
             text = text.replace(secret, "***")
     return text
+
+
+_HEX = re.compile(r"0x[0-9a-fA-F]+")
+_NUMBER = re.compile(r"\d+(?:\.\d+)?")
+
+
+def _line_key(line: str) -> str:
+    """What makes two lines "the same message": addresses and numbers do not count, except
+    three-digit status codes (401 and 404 are different failures)."""
+    line = _HEX.sub("0x?", line)
+    return _NUMBER.sub(lambda m: m[0] if len(m[0]) == 3 and m[0][0] in "45" else "#", line)
+
+
+class LineDeduplicator:
+    """The agent's "same failure logged once" rule for lines it did not write itself.
+
+    A child's stderr and native libraries repeat the same message on every retry; ``check``
+    says whether a line is the first of its kind within ``window_s`` (and how many repeats
+    were held back since it was last shown). Lines differing only in numbers or addresses
+    are the same kind. Thread-safe; remembers at most ``max_keys`` kinds.
+    """
+
+    def __init__(self, window_s: float = 600.0, max_keys: int = 512,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.window_s = window_s
+        self.max_keys = max_keys
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._seen: OrderedDict[str, list[float]] = OrderedDict()  # key -> [shown_at, repeats]
+
+    def check(self, line: str) -> tuple[bool, int]:
+        """(show it, repeats held back since it was last shown)."""
+        key = _line_key(line)
+        now = self._clock()
+        with self._lock:
+            entry = self._seen.get(key)
+            if entry is not None and now - entry[0] < self.window_s:
+                entry[1] += 1
+                self._seen.move_to_end(key)
+                return False, 0
+            repeats = int(entry[1]) if entry is not None else 0
+            self._seen[key] = [now, 0]
+            self._seen.move_to_end(key)
+            while len(self._seen) > self.max_keys:
+                self._seen.popitem(last=False)
+            return True, repeats
 
 
 class RedactingFilter(logging.Filter):

@@ -38,7 +38,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from tests.vision.media import (  # noqa: E402
+from scripts.scenes import (  # noqa: E402
     DEMO_CROSSINGS,
     DEMO_SECONDS,
     HEIGHT,

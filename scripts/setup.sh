@@ -25,6 +25,10 @@ fi
 if [ "$extra" = "[dev]" ]; then
   have jackd || missing+=(jackd2)
   have shellcheck || missing+=(shellcheck)
+  # command cameras are tested with real ffmpeg and GStreamer children
+  have ffmpeg || missing+=(ffmpeg)
+  have gst-launch-1.0 || missing+=(gstreamer1.0-tools gstreamer1.0-plugins-base
+                                   gstreamer1.0-plugins-good)
 fi
 if [ ${#missing[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then

@@ -284,3 +284,37 @@ def test_slugify_always_gives_an_idempotent_slug(name: str) -> None:
     slug = slugify(name)
     assert SLUG_RE.fullmatch(slug)
     assert slugify(slug) == slug
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        "person\nbicycle\ntraffic light\n",
+        "\ufeff# my classes\n\nperson\n  bicycle  \n# more\ntraffic light\n\n",
+        "0 person\n1 bicycle\n2 traffic light\n",
+        "# Ultralytics names\n2: traffic light\n0: person\n1: 'bicycle'\n",
+        '0: "person"\n1:bicycle\n2:   traffic light\n',
+    ],
+)
+def test_every_label_file_form_reads_the_same(tmp_path: Path, body: str) -> None:
+    path = tmp_path / "labels.txt"
+    path.write_text(body, encoding="utf-8")
+    assert load_label_file(path) == ["person", "bicycle", "traffic light"]
+
+
+def test_names_starting_with_digits_are_names_unless_every_line_is_indexed(
+    tmp_path: Path
+) -> None:
+    path = tmp_path / "labels.txt"
+    path.write_text("3d printer\nforklift\n", encoding="utf-8")
+    assert load_label_file(path) == ["3d printer", "forklift"]
+
+
+def test_bad_indices_name_the_file_and_line(tmp_path: Path) -> None:
+    path = tmp_path / "labels.txt"
+    path.write_text("0 cat\n0 dog\n", encoding="utf-8")
+    with pytest.raises(LabelCatalogueError, match=r"labels.txt line 2: index 0 is repeated"):
+        load_label_file(path)
+    path.write_text("0 cat\n2 dog\n", encoding="utf-8")
+    with pytest.raises(LabelCatalogueError, match=r"without gaps; missing 1"):
+        load_label_file(path)

@@ -6,6 +6,13 @@ ByteTrack: confident detections first, then weak ones (``low_score`` and up), wh
 keep an existing track alive, never start one; a weak model that flickers between 0.3 and 0.6
 on the same object keeps one track instead of breaking it into several.
 
+One object, one story: a confident detection left over by matching that lies mostly inside a
+same-label track's box (intersection over the smaller box at least ``contained_threshold``)
+joins that track rather than starting a new one. YOLOv3-tiny returns such a second box inside
+a person walking out of the frame (IoU 0.29-0.37 with the whole box, so NMS keeps it); as a
+track of its own it became a second ``new`` event. The price: two same-label objects, one
+standing almost wholly in front of the other, are one track until they part.
+
 The tracker only knows boxes, classes and scores. What a track means for the user
 (confirmation, zones, events) lives in ``agent.events.objects``.
 """
@@ -50,6 +57,12 @@ class TrackingConfig(BaseModel):
         default=0.1, ge=0.0, le=1.0,
         description="detections from this score up (below min_score) keep a track alive",
     )
+    contained_threshold: float | None = Field(
+        default=0.7, gt=0.0, le=1.0,
+        description="a confident detection whose box lies this much (intersection over the "
+        "smaller box) inside a same-label track's box joins that track instead of starting "
+        "a new one (null: never)",
+    )
     stationary_iou: float = Field(
         default=0.85, gt=0.0, le=1.0,
         description="overlap with where it stood that still counts as not moving",
@@ -71,6 +84,20 @@ def box_iou(a: FloatArray, b: FloatArray) -> FloatArray:
     area_b = np.prod(np.clip(b[:, 2:] - b[:, :2], 0.0, None), axis=1)
     union = area_a[:, None] + area_b[None, :] - inter
     return np.where(union > 0, inter / np.maximum(union, 1e-9), 0.0).astype(np.float32)
+
+
+def box_ios(a: FloatArray, b: FloatArray) -> FloatArray:
+    """``[M, N]`` intersection over the smaller box's area: 1 when one lies inside the other."""
+    a = a.reshape(-1, 4)
+    b = b.reshape(-1, 4)
+    lt = np.maximum(a[:, None, :2], b[None, :, :2])
+    rb = np.minimum(a[:, None, 2:], b[None, :, 2:])
+    wh = np.clip(rb - lt, 0.0, None)
+    inter = wh[..., 0] * wh[..., 1]
+    area_a = np.prod(np.clip(a[:, 2:] - a[:, :2], 0.0, None), axis=1)
+    area_b = np.prod(np.clip(b[:, 2:] - b[:, :2], 0.0, None), axis=1)
+    smaller = np.minimum(area_a[:, None], area_b[None, :])
+    return np.where(smaller > 0, inter / np.maximum(smaller, 1e-9), 0.0).astype(np.float32)
 
 
 def greedy_match(
@@ -190,6 +217,8 @@ class Tracker:
                     self._continue(self.tracks[r], dets, c, t)
                 track_taken[rows] = True
                 det_taken[cols] = True
+        if m and n:
+            self._join_contained(dets, t, high_mask, det_taken, track_taken)
         lost: list[Track] = []
         kept: list[Track] = []
         for track, taken in zip(self.tracks, track_taken.tolist(), strict=True):
@@ -201,7 +230,10 @@ class Tracker:
                     continue
             kept.append(track)
         born: list[Track] = []
-        for j in np.flatnonzero(~det_taken & high_mask).tolist():
+        order = np.argsort(-dets.confidence, kind="stable") if n else np.zeros(0, np.int64)
+        for j in order[~det_taken[order] & high_mask[order]].tolist():
+            if self._inside(dets, j, born) is not None:
+                continue  # a second box of an object born this frame: not a second object
             score = float(dets.confidence[j])
             track = Track(
                 id=self._new_id(), class_id=int(dets.class_id[j]),
@@ -214,6 +246,43 @@ class Tracker:
         self.tracks = kept + born
         seen = [tr for tr in self.tracks if tr.det_index >= 0]
         return TrackerStep(seen=seen, born=born, lost=lost)
+
+    def _inside(self, dets: Detections, j: int, tracks: list[Track]) -> int | None:
+        """Index in ``tracks`` of the same-label track detection ``j`` lies inside, if any.
+
+        "Inside" is intersection over the smaller box at least ``contained_threshold``; a
+        track seen this frame is compared at its new box, one not seen at its prediction.
+        """
+        threshold = self.config.contained_threshold
+        if threshold is None or not tracks:
+            return None
+        label = int(dets.class_id[j])
+        same = [k for k, tr in enumerate(tracks) if tr.class_id == label]
+        if not same:
+            return None
+        boxes = np.stack([tracks[k].xyxy if tracks[k].det_index >= 0 else tracks[k].predicted()
+                          for k in same]).astype(np.float32)
+        ios = box_ios(dets.xyxy[j], boxes)[0]
+        best = int(np.argmax(ios))
+        return same[best] if float(ios[best]) >= threshold else None
+
+    def _join_contained(self, dets: Detections, t: float, high_mask: BoolArray,
+                        det_taken: BoolArray, track_taken: BoolArray) -> None:
+        """Confident detections left over by IoU matching that lie inside a track join it.
+
+        A person half out of the frame often comes back as a whole box plus a second box
+        inside it (their IoU is low, so NMS keeps both): the inner box is the same object.
+        A track already matched this frame just absorbs it; one not matched continues with it.
+        """
+        order = np.argsort(-dets.confidence, kind="stable")
+        for j in order[~det_taken[order] & high_mask[order]].tolist():
+            k = self._inside(dets, j, self.tracks)
+            if k is None:
+                continue
+            if not track_taken[k]:
+                self._continue(self.tracks[k], dets, j, t)
+                track_taken[k] = True
+            det_taken[j] = True
 
     def _continue(self, track: Track, dets: Detections, j: int, t: float) -> None:
         box = dets.xyxy[j].astype(np.float32)

@@ -14,7 +14,8 @@ onnxruntime's kernels. ``decode=False`` keeps the raw head convolutions as outpu
 against OpenCV's own Darknet loader layer by layer.
 
 The input is ``images`` ``[1, 3, height, width]`` from the ``[net]`` section: RGB scaled to
-0..1, letterboxed with grey 114, as Darknet itself feeds the network.
+0..1, letterboxed with 0.5 grey (127.5 in pixel units) as Darknet itself feeds the network;
+the ``pad_value`` metadata property says so, and the detector reads it.
 
 This module imports ``onnx`` (the ``models`` extra); the agent's run-time path never does.
 """
@@ -405,7 +406,8 @@ def convert_darknet(cfg_path: Path, weights_path: Path, *, decode: bool = True) 
     helper.set_model_props(model, {
         "layout": layout,
         "source": f"{cfg_path.name} + {weights_path.name}",
-        "input": "RGB 0..1 letterboxed with 114 grey",
+        "input": "RGB 0..1 letterboxed with 0.5 grey",
+        "pad_value": "127.5",
     })
     onnx.checker.check_model(model)
     return model

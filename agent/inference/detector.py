@@ -8,6 +8,7 @@ fails at startup with a message naming it rather than on the first frame.
 
 from __future__ import annotations
 
+import ast
 import csv
 import logging
 import threading
@@ -21,9 +22,10 @@ from pydantic import Field, PositiveInt
 
 from agent.inference.adapters import LAYOUTS, Layout, Shape, detect_layout, layout_classes, nms
 from agent.inference.detections import Detections
-from agent.inference.letterbox import letterbox, to_tensor, unletterbox_boxes
+from agent.inference.letterbox import PAD_VALUE, letterbox, to_tensor, unletterbox_boxes
 from agent.inference.session import InferenceSession, ModelLoadError, ModelRef, SessionConfig
 from agent.inference.tasks import ClassifyOptions, PoseOptions, SegmentOptions
+from agent.labels import LabelCatalogueError, load_label_file
 
 logger = logging.getLogger(__name__)
 
@@ -48,8 +50,8 @@ class DetectorModelConfig(SessionConfig):
     )
     labels: str = Field(
         default="coco",
-        description="'coco' for the shared COCO catalogue, else a label file (one name a line) "
-        "relative to models.dir",
+        description="'coco' for the shared COCO catalogue, else a label file relative to "
+        "models.dir (one name a line, or 'index name' / 'index: name'; # comments)",
     )
     input_size: tuple[PositiveInt, PositiveInt] | None = Field(
         default=None,
@@ -57,6 +59,11 @@ class DetectorModelConfig(SessionConfig):
     )
     color: Literal["rgb", "bgr"] = Field(default="rgb", description="channel order the model wants")
     scale: float = Field(default=1 / 255, gt=0, description="pixel scale: 1/255 or 1 for 0..255")
+    pad_value: float | None = Field(
+        default=None, ge=0, le=255,
+        description="letterbox grey in 0..255 pixel units; default: 127.5 (Darknet's 0.5) for "
+        "a model converted from Darknet, else 114 (Ultralytics)",
+    )
     score_threshold: float = Field(default=0.25, ge=0, le=1, description="pre-NMS score floor")
     iou_threshold: float = Field(default=0.45, gt=0, le=1, description="NMS overlap threshold")
     classify: ClassifyOptions = Field(default_factory=ClassifyOptions)
@@ -83,14 +90,43 @@ def load_labels(spec: str, models_dir: Path, model_name: str) -> list[str]:
             )
     else:
         path = Path(spec) if Path(spec).is_absolute() else models_dir / spec
+    # The one label reader (comments, blank lines, a BOM, indexed forms), as audio models use.
     try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ModelLoadError(f"model {model_name}: cannot read label file {path}: {exc}") from exc
-    names = [line.strip() for line in text.splitlines() if line.strip()]
-    if not names:
-        raise ModelLoadError(f"model {model_name}: label file {path} has no names")
-    return names
+        return load_label_file(path)
+    except LabelCatalogueError as exc:
+        raise ModelLoadError(f"model {model_name}: {exc}") from exc
+
+
+DARKNET_PAD_VALUE = 127.5
+"""Darknet letterboxes with 0.5 on its 0..1 scale (``letterbox_image`` fills the canvas with
+0.5 before placing the resized picture): 127.5 in pixel units."""
+
+
+def pad_value_for(config: DetectorModelConfig, metadata: dict[str, str]) -> float:
+    """The letterbox grey a model saw in training: configured, else Darknet's or YOLO's."""
+    if config.pad_value is not None:
+        return config.pad_value
+    if "pad_value" in metadata:
+        try:
+            return float(metadata["pad_value"])
+        except ValueError:
+            pass
+    # Models converted before the converter wrote pad_value name their .weights source.
+    if metadata.get("source", "").endswith(".weights"):
+        return DARKNET_PAD_VALUE
+    return float(PAD_VALUE)
+
+
+def _metadata_classes(metadata: dict[str, str]) -> int:
+    """Classes named in an Ultralytics ``names`` metadata property; 0 when absent or unreadable."""
+    text = metadata.get("names")
+    if not text:
+        return 0
+    try:
+        names = ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        return 0
+    return len(names) if isinstance(names, dict | list) else 0
 
 
 def _input_geometry(
@@ -146,6 +182,7 @@ class Detector:
             ) from exc
         shapes: list[Shape] = [tuple(int(d) for d in o.shape) for o in probe]
         self.layout = self._choose_layout(shapes)
+        self.pad_value = pad_value_for(config, self.session.metadata)
         self._lock = threading.Lock()
         self._timing = threading.local()
         self._warned_class_range = False
@@ -176,14 +213,39 @@ class Detector:
                 f"model {name}: outputs {described} do not fit type {layout.name} "
                 f"({layout.description})"
             )
+        told = f"outputs {described} predict"
+        if classes == 0:
+            # End-to-end outputs do not tell the class count; an Ultralytics export's
+            # metadata does ({0: 'person', 1: 'bicycle', ...}).
+            classes = _metadata_classes(self.session.metadata)
+            told = "its metadata names"
         if classes and classes != len(self.labels):
             raise ModelLoadError(
-                f"model {name}: read as {layout.name}, outputs {described} predict {classes} "
+                f"model {name}: read as {layout.name}, {told} {classes} "
                 f"classes but labels {self.config.labels!r} has {len(self.labels)} names; "
                 "set labels: to a file with one name per class (or type: if the layout is "
                 "misread)"
             )
         return layout
+
+    def _fill_padding(self, pad: tuple[int, int], inner_w: int, inner_h: int) -> None:
+        """Set the letterbox border of the input tensor to the model's own grey.
+
+        ``letterbox`` pads with a whole-pixel 114; Darknet's 127.5 is not a uint8 value, so
+        the border is written here, in the tensor's units, on the few padded rows or columns.
+        """
+        if self.pad_value == PAD_VALUE:
+            return
+        value = self.pad_value * self.config.scale
+        tensor = self._tensor[0]
+        left, top = pad
+        height, width = tensor.shape[1:]
+        bottom = height - top - inner_h
+        right = width - left - inner_w
+        tensor[:, :top, :] = value
+        tensor[:, height - bottom:, :] = value
+        tensor[:, :, :left] = value
+        tensor[:, :, width - right:] = value
 
     @property
     def last_inference_ms(self) -> float:
@@ -200,6 +262,8 @@ class Detector:
         # and running it is serialised; the timing is kept per calling thread.
         with self._lock:
             to_tensor(image, rgb=config.color == "rgb", scale=config.scale, out=self._tensor)
+            self._fill_padding(box.pad, round(box.orig_shape[1] * box.scale[0]),
+                               round(box.orig_shape[0] * box.scale[1]))
             started = time.perf_counter()
             outputs = self.session.run({self.session.input_name: self._tensor})
         self._timing.ms = (time.perf_counter() - started) * 1000.0

@@ -114,6 +114,8 @@ class InferenceSession:
                            "fail to load); running on %s", name, providers[0], self.providers)
         self.inputs = self._session.get_inputs()
         self.outputs = self._session.get_outputs()
+        self.metadata: dict[str, str] = dict(self._session.get_modelmeta().custom_metadata_map)
+        """The model's metadata properties (an Ultralytics export names its classes here)."""
 
     @property
     def input_name(self) -> str:

@@ -23,17 +23,10 @@ status message: everything shown goes through ``redact_url``.
 
 from __future__ import annotations
 
-import base64
-import contextlib
 import dataclasses
-import http.client
 import logging
 import re
-import socket
-import ssl
 import threading
-import time
-from abc import ABC, abstractmethod
 from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,18 +42,24 @@ from agent.events.classification import ClassifyConfig
 from agent.events.objects import ObjectsConfig, Polygon, SnapshotsConfig, ZoneConfig
 from agent.events.tracking import TrackingConfig
 from agent.inference.motion import MotionConfig
+from agent.logs import LineDeduplicator
+from agent.sources import native_log
 from agent.sources.base import SourceState, StateTracker
+from agent.sources.command import CommandConfig, CommandReader
 from agent.sources.config import SourceCommon
+from agent.sources.mjpeg import MjpegReader
+from agent.sources.reader import CameraError, FrameReader
 
 # cv2 is imported inside the readers, not here: agent.config imports this module for
 # CameraConfig, and an agent without cameras should not load OpenCV (~17 MB of RSS).
 
 logger = logging.getLogger(__name__)
 
-CameraType = Literal["device", "rtsp", "mjpeg", "stream", "file", "folder"]
+CameraType = Literal["device", "rtsp", "mjpeg", "stream", "file", "folder", "command"]
 """How a camera is read: ``device`` (V4L2), ``rtsp``, ``mjpeg`` (HTTP(S) multipart JPEG or a
 JPEG snapshot URL), ``stream`` (any other URL FFmpeg opens: rtmp, srt, HLS...), ``file``
-(a video file), ``folder`` (a folder of images, in name order)."""
+(a video file), ``folder`` (a folder of images, in name order), ``command`` (frames from a
+command's stdout: ``agent.sources.command``)."""
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 
@@ -175,6 +174,9 @@ class CameraConfig(SourceCommon):
     url: str | None = Field(default=None, repr=False,
                             description="stream URL, file or folder path, or /dev/videoN")
     device: int | None = Field(default=None, ge=0, description="V4L2 device index")
+    command: CommandConfig | None = Field(
+        default=None, description="frames from a command's stdout (a Pi or Jetson CSI camera)"
+    )
     type: CameraType | None = Field(default=None, description="default: from url or device")
     loop: bool = Field(default=False, description="files and folders: start again at the end")
     realtime: bool = Field(default=True,
@@ -197,15 +199,22 @@ class CameraConfig(SourceCommon):
     reconnect_min_s: float = Field(default=1.0, gt=0, le=3600)
     reconnect_max_s: float = Field(default=30.0, gt=0, le=3600)
     timeout_s: float = Field(default=10.0, gt=0, le=300,
-                             description="network streams: open and read timeout")
+                             description="network streams: open and read timeout; command "
+                             "cameras: longest wait for a frame")
     verify_tls: bool = Field(default=True,
                              description="https cameras: check the certificate (turn off only "
                              "for a camera with a self-signed certificate on a trusted network)")
 
     @model_validator(mode="after")
     def _source(self) -> CameraConfig:
+        if self.command is not None or self.type == "command":
+            if self.command is None or self.url is not None or self.device is not None:
+                raise ValueError("type command: give command (a preset or argv), not url or "
+                                 "device")
+            self.type = "command"
+            return self._common_checks()
         if (self.url is None) == (self.device is None):
-            raise ValueError("give exactly one of url and device")
+            raise ValueError("give exactly one of url, device and command")
         if self.url is not None and not self.url.strip():
             raise ValueError("url: must not be empty")
         implied: CameraType = "device" if self.device is not None else infer_type(self.url or "")
@@ -222,6 +231,9 @@ class CameraConfig(SourceCommon):
                     f"type: {self.type} does not fit url {redact_url(self.url)} "
                     f"(it looks like {implied})"
                 )
+        return self._common_checks()
+
+    def _common_checks(self) -> CameraConfig:
         if self.loop and self.type not in ("file", "folder"):
             raise ValueError(f"loop: only files and folders can loop, not a {self.type} camera")
         if self.reconnect_max_s < self.reconnect_min_s:
@@ -247,6 +259,8 @@ class CameraConfig(SourceCommon):
         """Where the frames come from, safe to show."""
         if self.device is not None:
             return f"/dev/video{self.device}"
+        if self.command is not None:
+            return self.command.display
         return redact_url(self.url or "")
 
 
@@ -321,39 +335,7 @@ class _Decimator:
 # -- readers ----------------------------------------------------------------------------------
 
 
-class CameraError(Exception):
-    """A camera cannot be opened or read; ``permanent`` when retrying will not help."""
-
-    def __init__(self, message: str, permanent: bool = False) -> None:
-        super().__init__(message)
-        self.permanent = permanent
-
-
-class _Reader(ABC):
-    """One open connection to a camera. ``grab`` is cheap; ``retrieve`` decodes."""
-
-    native_fps: float | None = None
-
-    @abstractmethod
-    def grab(self) -> bool:
-        """Advance to the next frame; False at the end of a file or when the stream failed."""
-
-    @abstractmethod
-    def retrieve(self) -> npt.NDArray[np.uint8] | None:
-        """Decode the grabbed frame (BGR), or None when it cannot be decoded."""
-
-    def close(self) -> None:  # noqa: B027 - optional hook, nothing to release by default
-        """Release the connection (from the reader's own thread)."""
-
-    def interrupt(self) -> None:  # noqa: B027 - optional hook: most readers never block long
-        """Unblock a ``grab`` waiting on the network (from another thread)."""
-
-    def failure(self) -> str:
-        """Why the last ``grab`` failed, for the status detail."""
-        return "no more frames"
-
-
-class _OpenCvReader(_Reader):
+class _OpenCvReader(FrameReader):
     """Devices, RTSP, FFmpeg streams and video files through ``cv2.VideoCapture``."""
 
     def __init__(self, config: CameraConfig) -> None:
@@ -376,14 +358,21 @@ class _OpenCvReader(_Reader):
             api = cv2.CAP_FFMPEG
             params = [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, timeout_ms,
                       cv2.CAP_PROP_READ_TIMEOUT_MSEC, timeout_ms]
+        # What OpenCV and FFmpeg print while opening names the cause (401, 404, refused).
+        self._native = native_log.current()
+        self._mark = self._native.mark() if self._native is not None else 0
         self._cap = (cv2.VideoCapture(target, api, params) if params
                      else cv2.VideoCapture(target, api))
         if not self._cap.isOpened():
             self._cap.release()
             what = {"device": "device", "file": "file"}.get(kind, "stream")
+            why = native_log.cause(self._native.since(self._mark)) if self._native else None
+            if kind == "device" and isinstance(target, str) and not Path(target).exists():
+                why = "it does not exist (unplugged?)"
             raise CameraError(
                 f"cannot open {what} {config.display_url}"
-                + (" (not a video OpenCV can decode)" if kind == "file" else ""),
+                + (" (not a video OpenCV can decode)" if kind == "file" else "")
+                + (f": {why}" if why else ""),
                 permanent=kind == "file",
             )
         if kind == "device":
@@ -405,10 +394,24 @@ class _OpenCvReader(_Reader):
         self._cap.release()
 
     def failure(self) -> str:
-        return "no frame (the stream ended, or nothing came within timeout_s)"
+        why = native_log.cause(self._native.since(self._mark, 0.05)) if self._native else None
+        return why or "no frame (the stream ended, or nothing came within timeout_s)"
+
+    def damage(self) -> tuple[int, str] | None:
+        import cv2
+
+        total = int(self._cap.get(cv2.CAP_PROP_FRAME_COUNT) or 0)
+        read = int(self._cap.get(cv2.CAP_PROP_POS_FRAMES) or 0)
+        errors = [line for line in (self._native.since(self._mark, 0.05) if self._native
+                                    else []) if native_log.is_decode_error(line)]
+        if 0 < read < total:
+            return total - read, f"only {read} of {total} frames could be read"
+        if errors:
+            return len(errors), f"{len(errors)} decode errors"
+        return None
 
 
-class _FolderReader(_Reader):
+class _FolderReader(FrameReader):
     """The images of a folder in name order, one frame each."""
 
     def __init__(self, config: CameraConfig) -> None:
@@ -438,196 +441,6 @@ class _FolderReader(_Reader):
         return np.asarray(image, dtype=np.uint8)
 
 
-class _MjpegReader(_Reader):
-    """HTTP(S) ``multipart/x-mixed-replace`` JPEG streams, or a JPEG snapshot URL polled.
-
-    Read natively rather than through FFmpeg: it starts on the first frame instead of
-    probing the stream for seconds, honours our timeouts, and a server going away is
-    noticed at once. Credentials in the URL are sent as HTTP Basic authentication.
-    """
-
-    def __init__(self, config: CameraConfig, stop: threading.Event) -> None:
-        url = config.url or ""
-        self._display = config.display_url
-        self._timeout = config.timeout_s
-        self._verify = config.verify_tls
-        self._stop = stop
-        self._period = 1.0 / config.fps if config.fps else 0.2
-        parts = urlsplit(url)
-        if not parts.hostname:
-            raise CameraError(f"cannot open {self._display}: no host in the URL", permanent=True)
-        self._https = parts.scheme.lower() == "https"
-        self._host = parts.hostname
-        self._port = parts.port or (443 if self._https else 80)
-        self._path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-        self._headers = {"User-Agent": "edge-agent", "Accept": "multipart/x-mixed-replace, image/*"}
-        if parts.username is not None:
-            token = f"{unquote(parts.username)}:{unquote(parts.password or '')}".encode()
-            self._headers["Authorization"] = "Basic " + base64.b64encode(token).decode("ascii")
-        self._conn: http.client.HTTPConnection | None = None
-        self._response: http.client.HTTPResponse | None = None
-        self._boundary: bytes | None = None
-        self._pending_boundary = False
-        self._jpeg: bytes | None = None
-        self._failure = "no more frames"
-        self._snapshot_body: bytes | None = None
-        self._last_poll = 0.0
-        self._connect()
-
-    def _connect(self) -> None:
-        try:
-            conn: http.client.HTTPConnection
-            if self._https:
-                context = ssl.create_default_context()
-                if not self._verify:
-                    context.check_hostname = False
-                    context.verify_mode = ssl.CERT_NONE
-                conn = http.client.HTTPSConnection(self._host, self._port, timeout=self._timeout,
-                                                   context=context)
-            else:
-                conn = http.client.HTTPConnection(self._host, self._port, timeout=self._timeout)
-            self._conn = conn
-            conn.request("GET", self._path, headers=self._headers)
-            response = conn.getresponse()
-        except (OSError, http.client.HTTPException) as exc:
-            self.close()
-            raise CameraError(f"cannot open {self._display}: {_describe(exc)}") from None
-        if response.status != 200:
-            self.close()
-            hint = " (check the credentials)" if response.status in (401, 403) else ""
-            raise CameraError(
-                f"cannot open {self._display}: HTTP {response.status} {response.reason}{hint}"
-            )
-        ctype = response.getheader("Content-Type", "") or ""
-        self._response = response
-        if ctype.lower().startswith("multipart/"):
-            match = re.search(r'boundary="?([^";]+)"?', ctype, re.IGNORECASE)
-            if not match:
-                self.close()
-                raise CameraError(f"cannot open {self._display}: multipart stream without a "
-                                  "boundary")
-            self._boundary = match.group(1).strip().encode("latin-1")
-            if self._boundary.startswith(b"--"):
-                self._boundary = self._boundary[2:]
-        elif ctype.lower().startswith("image/"):
-            self._snapshot_body = response.read()
-            self.close_connection()
-        else:
-            self.close()
-            raise CameraError(f"cannot open {self._display}: not an MJPEG stream or JPEG image "
-                              f"(Content-Type {ctype or 'missing'})")
-
-    def _readline(self) -> bytes:
-        assert self._response is not None
-        line = self._response.readline(65536)
-        if not line:
-            raise EOFError("the server closed the stream")
-        return line
-
-    def _next_part(self) -> bytes:
-        assert self._boundary is not None and self._response is not None
-        marker = b"--" + self._boundary
-        if not self._pending_boundary:
-            while True:
-                line = self._readline().strip()
-                if line.startswith(marker):
-                    if line == marker + b"--":
-                        raise EOFError("the server ended the stream")
-                    break
-        self._pending_boundary = False
-        length: int | None = None
-        while True:
-            line = self._readline().strip()
-            if not line:
-                break
-            name, _, value = line.partition(b":")
-            if name.strip().lower() == b"content-length":
-                try:
-                    length = int(value.strip())
-                except ValueError:
-                    length = None
-        if length is not None:
-            data = self._response.read(length)
-            if len(data) < length:
-                raise EOFError("the server closed the stream mid-frame")
-            return data
-        # No Content-Length: the part runs until the next boundary line.
-        chunks: list[bytes] = []
-        while True:
-            line = self._readline()
-            if line.strip().startswith(marker):
-                self._pending_boundary = True
-                break
-            chunks.append(line)
-        return b"".join(chunks).rstrip(b"\r\n")
-
-    def grab(self) -> bool:
-        try:
-            if self._snapshot_body is not None:
-                return self._poll_snapshot()
-            self._jpeg = self._next_part()
-            return True
-        except (OSError, EOFError, ValueError, http.client.HTTPException) as exc:
-            self._failure = _describe(exc)
-            return False
-
-    def _poll_snapshot(self) -> bool:
-        if self._jpeg is not None:
-            # A snapshot URL is polled at the fps cap, not hammered.
-            delay = self._last_poll + self._period - time.monotonic()
-            if delay > 0 and self._stop.wait(delay):
-                self._failure = "stopped"
-                return False
-            try:
-                self._connect()
-            except CameraError as exc:
-                self._failure = str(exc)
-                return False
-        self._last_poll = time.monotonic()
-        self._jpeg, self._snapshot_body = self._snapshot_body, b""
-        return bool(self._jpeg)
-
-    def retrieve(self) -> npt.NDArray[np.uint8] | None:
-        if not self._jpeg:
-            return None
-        import cv2
-
-        image = cv2.imdecode(np.frombuffer(self._jpeg, dtype=np.uint8), cv2.IMREAD_COLOR)
-        return np.asarray(image, dtype=np.uint8) if image is not None else None
-
-    def failure(self) -> str:
-        return self._failure
-
-    def close_connection(self) -> None:
-        if self._conn is not None:
-            self._conn.close()
-        self._response = None
-
-    def close(self) -> None:
-        self.close_connection()
-        self._conn = None
-
-    def interrupt(self) -> None:
-        conn = self._conn
-        sock = getattr(conn, "sock", None) if conn is not None else None
-        if sock is not None:
-            with contextlib.suppress(OSError):
-                sock.shutdown(socket.SHUT_RDWR)
-
-
-def _describe(exc: BaseException) -> str:
-    """A short human reason for a network error ("connection refused", "timed out")."""
-    if isinstance(exc, ConnectionRefusedError):
-        return "connection refused"
-    if isinstance(exc, TimeoutError):
-        return "timed out"
-    if isinstance(exc, socket.gaierror):
-        return f"cannot resolve the host name ({exc.strerror})"
-    if isinstance(exc, OSError) and exc.strerror:
-        return exc.strerror.lower()
-    return str(exc) or type(exc).__name__
-
-
 # -- the reader thread ------------------------------------------------------------------------
 
 
@@ -646,7 +459,7 @@ class CameraCapture:
         self._cond = threading.Condition()
         self._slot: Frame | None = None
         self._thread: threading.Thread | None = None
-        self._reader: _Reader | None = None
+        self._reader: FrameReader | None = None
         self._decimator = _Decimator(config.fps)
         self.finished = threading.Event()
         self.frames_grabbed = 0
@@ -654,6 +467,9 @@ class CameraCapture:
         self.frames_dropped = 0
         self.decode_errors = 0
         self.grab_rate = RateMeter()
+        self._damage: tuple[int, str] | None = None
+        self._native_lines = LineDeduplicator()
+        """Lines a command camera's child repeats on every restart are logged once."""
         self.epoch = 0
         """Counts (re)connections; the worker resets motion state when it changes."""
 
@@ -706,12 +522,16 @@ class CameraCapture:
             with self._cond:
                 self._cond.notify_all()
 
-    def _open(self) -> _Reader:
+    def _open(self) -> FrameReader:
         kind = self.config.camera_type
         if kind == "mjpeg":
-            return _MjpegReader(self.config, self._stop)
+            return MjpegReader(self.config, self._stop)
         if kind == "folder":
             return _FolderReader(self.config)
+        if kind == "command":
+            assert self.config.command is not None
+            return CommandReader(self.config.command, self.name, self.config.timeout_s,
+                                 announce=self.epoch == 0, dedup=self._native_lines)
         return _OpenCvReader(self.config)
 
     def _run(self) -> None:
@@ -720,6 +540,7 @@ class CameraCapture:
         timeline = 0.0  # files: where the next pass starts on the camera's timeline
         wall_origin = self._clock.time()
         last_reason: str | None = None
+        damage_told: str | None = None
         while not self._stop.is_set():
             try:
                 reader = self._open()
@@ -751,6 +572,17 @@ class CameraCapture:
                     logger.error("%s: %s", self.name, reason)
                     self.tracker.set(SourceState.ERROR, reason)
                     return
+                if self._damage is not None:
+                    # Damaged input is counted and said, not reported as a normal end.
+                    lost, why = self._damage
+                    self.decode_errors += lost
+                    reason = f"{config.display_url} is damaged: {why}"
+                    logger.log(logging.DEBUG if reason == damage_told else logging.WARNING,
+                               "%s: %s", self.name, reason)
+                    damage_told = reason
+                    if not config.loop:
+                        self.tracker.set(SourceState.ERROR, reason)
+                        return
                 if config.loop:
                     continue
                 logger.info("%s: end of %s after %d frames", self.name, config.display_url,
@@ -770,7 +602,7 @@ class CameraCapture:
         self.tracker.set(SourceState.RECONNECTING, f"{reason}; retrying")
         self._stop.wait(delay)
 
-    def _pump(self, reader: _Reader, timeline: float,
+    def _pump(self, reader: FrameReader, timeline: float,
               wall_origin: float) -> tuple[str, int, float]:
         """Read frames until the end, a failure or stop: (outcome, delivered, timeline)."""
         import cv2
@@ -790,6 +622,7 @@ class CameraCapture:
                 if self._stop.is_set():
                     return "stopped", delivered, timeline + passes / native
                 outcome = "end" if finite else reader.failure()
+                self._damage = reader.damage() if finite else None
                 return outcome, delivered, timeline + passes / native
             now = self._clock.monotonic()
             self.frames_grabbed += 1

@@ -39,7 +39,7 @@ REPO = Path(__file__).resolve().parents[2]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from tests.vision.media import crossing_video, static_video, write_video  # noqa: E402
+from scripts.scenes import crossing_video, static_video, write_video  # noqa: E402
 
 SECTION = "vision"
 MODEL = "yolov3-tiny-coco"

@@ -340,3 +340,64 @@ def test_archive_members_are_read_without_extracting(tmp_path: Path) -> None:
     assert found["/m/a.cfg"] == b"real"
     with pytest.raises(FetchError, match=r"no file ending in /m/c\.txt"):
         archive_members(archive, ("/m/c.txt",))
+
+
+def _sigmoid(x: np.ndarray) -> np.ndarray:
+    return np.asarray(1.0 / (1.0 + np.exp(-x.astype(np.float64))))
+
+
+def _darknet_scores(cfg: Path, weights: Path, tensor: np.ndarray) -> np.ndarray:
+    """Objectness x class score of every candidate, from OpenCV's own Darknet reader."""
+    heads = _opencv_outputs(cfg, weights, tensor, ["conv_15", "conv_22"])
+    rows = [h.reshape(3, 85, h.shape[2], h.shape[3]).transpose(0, 2, 3, 1).reshape(-1, 85)
+            for h in heads]
+    raw = np.concatenate(rows)
+    return _sigmoid(raw[:, 4:5]) * _sigmoid(raw[:, 5:])
+
+
+@pytest.mark.slow
+def test_darknet_padding_matches_opencv_darknet_reader(
+    models_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Darknet letterboxes with 0.5 grey: the default model is fed 127.5, not 114.
+
+    The reference is OpenCV's Darknet reader (the original cfg + weights) on the frame
+    letterboxed the Darknet way; the figure (run with ``-s``) is the largest change in any
+    candidate's score that 114 instead of 127.5 makes, over five photos.
+    """
+    source = darknet_source_dir(models_dir)
+    cfg, weights = source / "yolov3-tiny.cfg", source / "yolov3-tiny.weights"
+    photos = {
+        "motorcycle": data.stereo_motorcycle()[0], "astronaut": data.astronaut(),
+        "coffee": data.coffee(), "chelsea": data.chelsea(),
+        "camera": np.stack([data.camera()] * 3, axis=-1)[:, 64:448],
+    }
+    session = ort.InferenceSession(str(models_dir / YOLOV3_TINY_ONNX),
+                                   providers=["CPUExecutionProvider"])
+    worst = {114.0: 0.0, 127.5: 0.0}
+    for rgb in photos.values():
+        frame = np.ascontiguousarray(rgb[:, :, ::-1])
+        image, box = letterbox(frame, (416, 416))
+        reference_input = to_tensor(image)
+        new_w = round(box.orig_shape[1] * box.scale[0])
+        new_h = round(box.orig_shape[0] * box.scale[1])
+        left, top = box.pad
+        padded = np.ones_like(reference_input, dtype=bool)
+        padded[:, :, top:top + new_h, left:left + new_w] = False
+        reference_input[padded] = 0.5
+        reference = _darknet_scores(cfg, weights, reference_input)
+        for pad in worst:
+            detector = Detector("default", DetectorModelConfig(
+                path=Path(YOLOV3_TINY_ONNX), pad_value=pad), models_dir)
+            detector.detect(frame)
+            (decoded,) = session.run(None, {"images": detector._tensor})
+            ours = decoded[0, :, 4:5] * decoded[0, :, 5:]
+            worst[pad] = max(worst[pad], float(np.abs(ours - reference).max()))
+    with capsys.disabled():
+        print(f"\nmax |score - OpenCV Darknet| over {len(photos)} photos: "
+              f"pad 127.5 (Darknet's 0.5): {worst[127.5]:.5f}; pad 114: {worst[114.0]:.4f}")
+    assert worst[127.5] < 1e-3
+    assert worst[114.0] > 10 * worst[127.5]
+    # The default model says it was converted from Darknet, so it gets 127.5 by itself.
+    assert Detector("default", DetectorModelConfig(path=Path(YOLOV3_TINY_ONNX)),
+                    models_dir).pad_value == 127.5

@@ -203,7 +203,7 @@ def test_missing_label_file_names_the_model(tmp_path: Path) -> None:
     g.constant_model(tmp_path / "m.onnx", [g.end2end_output(FRAME_BOXES, CLASSES, SCORES)],
                      (1, 3, 64, 64))
     config = DetectorModelConfig(path=Path("m.onnx"), labels="nope.txt")
-    with pytest.raises(ModelLoadError, match=r"model m: cannot read label file .*nope\.txt"):
+    with pytest.raises(ModelLoadError, match=r"model m: label file .*nope\.txt: cannot read it"):
         Detector("m", config, tmp_path)
 
 
@@ -247,3 +247,52 @@ def test_end_to_end_results_come_best_first(tmp_path: Path) -> None:
     found = Detector("m", config, tmp_path).detect(_frame())
     np.testing.assert_allclose(found.confidence, [0.9, 0.6, 0.3], atol=1e-6)
     np.testing.assert_array_equal(found.class_id, [1, 2, 0])
+
+
+# -- one label reader for every layout ------------------------------------------------------------
+
+
+COMMENTED_LABELS = "\ufeff# classes of my model\n\n0: cat\n1: 'dog'  \n\n# vehicles\n2: car\n"
+
+
+@pytest.mark.parametrize("layout", ["yolov5", "yolov8", "end2end"])
+def test_commented_bom_label_file_gives_the_right_names(tmp_path: Path, layout: str) -> None:
+    outputs = LAYOUT_BUILDERS[layout](_to_input(FRAME_BOXES, 416), 416)
+    g.constant_model(tmp_path / "m.onnx", outputs, (1, 3, 416, 416))
+    (tmp_path / "mine.yaml").write_text(COMMENTED_LABELS, encoding="utf-8")
+    detector = Detector("m", DetectorModelConfig(path=Path("m.onnx"), labels="mine.yaml"),
+                        tmp_path)
+    assert detector.labels == LABELS
+    found = detector.detect(_frame())
+    assert [detector.labels[c] for c in found.class_id] == LABELS
+    # The plain form with a BOM and comments reads the same.
+    (tmp_path / "plain.names").write_bytes(
+        "\ufeff# header\ncat\n\ndog\n# comment\ncar\n".encode())
+    plain = Detector("m", DetectorModelConfig(path=Path("m.onnx"), labels="plain.names"),
+                     tmp_path)
+    assert plain.labels == LABELS
+
+
+@pytest.mark.parametrize("layout", ["yolov3", "yolov5", "yolov8"])
+def test_a_label_file_of_the_wrong_length_is_refused_for_every_layout_that_tells(
+    tmp_path: Path, layout: str
+) -> None:
+    outputs = LAYOUT_BUILDERS[layout](_to_input(FRAME_BOXES, 416), 416)
+    g.constant_model(tmp_path / "m.onnx", outputs, (1, 3, 416, 416))
+    config = DetectorModelConfig(path=Path("m.onnx"), type=layout,  # type: ignore[arg-type]
+                                 labels=_write_labels(tmp_path, ["cat", "dog"]))
+    with pytest.raises(ModelLoadError, match=r"predict 3 classes but labels 'mine.names' has 2"):
+        Detector("m", config, tmp_path)
+
+
+def test_end_to_end_label_count_comes_from_ultralytics_metadata(tmp_path: Path) -> None:
+    import onnx
+
+    g.constant_model(tmp_path / "m.onnx", [g.end2end_output(FRAME_BOXES, CLASSES, SCORES)],
+                     (1, 3, 64, 64))
+    model = onnx.load(str(tmp_path / "m.onnx"))
+    onnx.helper.set_model_props(model, {"names": "{0: 'cat', 1: 'dog', 2: 'car', 3: 'bus'}"})
+    onnx.save(model, str(tmp_path / "m.onnx"))
+    config = DetectorModelConfig(path=Path("m.onnx"), labels=_write_labels(tmp_path, LABELS))
+    with pytest.raises(ModelLoadError, match="its metadata names 4 classes but labels"):
+        Detector("m", config, tmp_path)

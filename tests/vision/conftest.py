@@ -11,7 +11,7 @@ import pytest
 from agent.clock import SystemClock
 from agent.events.schema import DeviceRef, Event
 from agent.sources.base import SourceStatus
-from tests.vision.media import CrossingVideo, crossing_video
+from scripts.scenes import CrossingVideo, crossing_video
 
 REPO = Path(__file__).resolve().parents[2]
 MODELS = REPO / "models"

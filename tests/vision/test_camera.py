@@ -16,9 +16,9 @@ from agent.events.schema import DeviceRef
 from agent.pipeline.vision import VisionWorker
 from agent.sources.base import SourceState, StateTracker
 from agent.sources.camera import CameraCapture, CameraConfig, Frame, infer_type, redact_url
+from scripts.scenes import static_video, write_images, write_video
 from tests.vision.conftest import Collector
 from tests.vision.fakes import RedSquareDetector, red_square_frames
-from tests.vision.media import static_video, write_images, write_video
 from tests.vision.mjpeg import MjpegServer, free_port
 
 # -- credentials ------------------------------------------------------------------------------
@@ -87,8 +87,8 @@ def _errors(**kwargs: object) -> str:
 
 
 def test_validation_errors_name_the_key() -> None:
-    assert "exactly one of url and device" in _errors(id="c")
-    assert "exactly one of url and device" in _errors(id="c", url="/x.avi", device=0)
+    assert "exactly one of url, device and command" in _errors(id="c")
+    assert "exactly one of url, device and command" in _errors(id="c", url="/x.avi", device=0)
     assert "fpz" in _errors(id="c", device=0, fpz=3)
     assert "fps" in _errors(id="c", device=0, fps=0)
     assert "loop" in _errors(id="c", url="rtsp://cam/1", loop=True)

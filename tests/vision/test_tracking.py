@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import itertools
+import json
 from collections.abc import Sequence
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -19,7 +21,7 @@ from agent.events.objects import (
     SnapshotsConfig,
 )
 from agent.events.schema import DeviceRef, Event, Label, LabelName, SourceRef
-from agent.events.tracking import Tracker, TrackingConfig, box_iou, greedy_match
+from agent.events.tracking import Tracker, TrackingConfig, box_ios, box_iou, greedy_match
 from agent.inference.detections import Detections
 
 LABELS = [Label(id=n, name=LabelName(en=n, ko=k))
@@ -258,3 +260,68 @@ def test_tracker_matches_by_class() -> None:
     tracker.update(dets((box_at(100), 0.9, 0)), 0.0)
     step = tracker.update(dets((box_at(101), 0.9, 2)), 0.2)
     assert len(step.born) == 1 and len(tracker.tracks) == 2
+
+
+# -- one object, one story: real model output of a person walking out of the frame ------------
+
+WALKOUT = Path(__file__).parent / "fixtures" / "walkout.json"
+
+
+def walkout_frames() -> list[Detections]:
+    """The recorded YOLOv3-tiny detections (tests/vision/record_walkout.py), as Detections."""
+    recorded = json.loads(WALKOUT.read_text(encoding="utf-8"))
+    ids = {label.id: i for i, label in enumerate(LABELS)}
+    return [dets(*[(d["xyxy"], d["score"], ids[d["label"]]) for d in frame["detections"]
+                   if d["label"] in ids])
+            for frame in recorded["frames"]]
+
+
+def test_a_person_walking_out_of_the_frame_is_one_new_and_one_end() -> None:
+    frames = walkout_frames()
+    # The recording really holds the trap: a confident second person box inside the first.
+    doubled = [d for d in frames if len(d) == 2 and float(d.confidence.min()) >= 0.5]
+    assert len(doubled) >= 3
+    for d in doubled:
+        assert float(box_iou(d.xyxy[:1], d.xyxy[1:])[0, 0]) < 0.45  # NMS keeps both
+        assert float(box_ios(d.xyxy[:1], d.xyxy[1:])[0, 0]) >= 0.95
+
+    for threshold in (0.7, 0.6, 0.5):
+        events = run(walkout_processor(threshold), frames)
+        assert phases(events).count("new") == 1, (threshold, phases(events))
+        assert phases(events).count("end") == 1, (threshold, phases(events))
+        assert len({e.track_id for e in events}) == 1
+
+
+def walkout_processor(threshold: float, **tracking: object) -> ObjectProcessor:
+    ctx = EventContext(DeviceRef(id="d"), SourceRef(id="cam", kind="camera", name="Cam"),
+                       None, "default", {})
+    return ObjectProcessor(
+        LABELS, ctx,
+        objects=ObjectsConfig(track=["person"],
+                              filters={"person": {"threshold": threshold}}),  # type: ignore[dict-item]
+        tracking=TrackingConfig(max_disappeared=5, **tracking),  # type: ignore[arg-type]
+        snapshots=SnapshotsConfig(enabled=False),
+    )
+
+
+def test_without_joining_contained_boxes_the_walkout_is_told_twice() -> None:
+    # What contained_threshold prevents: with a person threshold of 0.6 the inner box is
+    # confirmed as a second person.
+    events = run(walkout_processor(0.6, contained_threshold=None), walkout_frames())
+    assert phases(events).count("new") == 2, phases(events)
+
+
+def test_two_people_side_by_side_stay_two() -> None:
+    # Touching boxes overlap a little, far below contained_threshold: two objects.
+    frames = [dets((box_at(100 + 4 * i), 0.9, 0), (box_at(170 + 4 * i), 0.9, 0))
+              for i in range(10)]
+    events = run(processor(), frames)
+    assert phases(events).count("new") == 2
+
+
+def test_box_ios_is_one_for_a_box_inside_another() -> None:
+    outer = np.array([[0, 0, 100, 100]], np.float32)
+    inner = np.array([[10, 10, 30, 90]], np.float32)
+    assert float(box_ios(outer, inner)[0, 0]) == pytest.approx(1.0)
+    assert float(box_ios(outer, np.array([[50, 0, 150, 100]], np.float32))[0, 0]) == \
+        pytest.approx(0.5)

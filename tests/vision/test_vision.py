@@ -14,8 +14,8 @@ from agent.clock import SystemClock
 from agent.events.schema import DeviceRef, Event
 from agent.pipeline.vision import VisionWorker, build_vision_worker
 from agent.sources.camera import CameraConfig
+from scripts.scenes import CrossingVideo, crossing_video
 from tests.vision.conftest import MODEL_NAME, Collector
-from tests.vision.media import CrossingVideo, crossing_video
 
 pytestmark = pytest.mark.slow
 

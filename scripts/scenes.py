@@ -7,7 +7,8 @@ this background), the cameraman of ``camera()`` (a person, 0.99 at 320 px high) 
 calls an object. Everything is deterministic (fixed seeds), so a video written twice is the
 same video.
 
-Used by the tests, the vision benchmark and ``scripts/make_demo_media.py``.
+Used by ``scripts/make_demo_media.py`` (the demo), the vision benchmark and the tests; it
+lives under scripts/ so that the demo does not depend on the test tree.
 """
 
 from __future__ import annotations
