@@ -16,7 +16,7 @@ import numpy as np
 import numpy.typing as npt
 
 from agent.inference.session import ModelLoadError
-from agent.inference.tasks import Shape, TaskModel, classify_classes
+from agent.inference.tasks import OutputsMismatch, Shape, TaskModel, classify_classes
 
 FloatArray = npt.NDArray[np.float32]
 
@@ -87,7 +87,7 @@ class Classifier(TaskModel):
         classes = classify_classes(shapes)
         described = ", ".join(str(list(s)) for s in shapes)
         if classes is None:
-            raise ModelLoadError(f"model {self.name}: outputs {described} are not one "
+            raise OutputsMismatch(f"model {self.name}: outputs {described} are not one "
                                  "[1, C] classification output")
         if classes != len(self.labels):
             raise ModelLoadError(

@@ -20,7 +20,7 @@ from agent.inference.shapes import (
     select_candidates,
     unletterbox_points,
 )
-from agent.inference.tasks import Shape, TaskModel, pose_classes
+from agent.inference.tasks import OutputsMismatch, Shape, TaskModel, pose_classes
 
 
 class PoseEstimator(TaskModel):
@@ -33,7 +33,7 @@ class PoseEstimator(TaskModel):
         classes = pose_classes(shapes, len(names))
         described = ", ".join(str(list(s)) for s in shapes)
         if classes is None:
-            raise ModelLoadError(
+            raise OutputsMismatch(
                 f"model {self.name}: outputs {described} are not [1, 4+C+K*3, N] with "
                 f"K = {len(names)} keypoints (pose.keypoints)"
             )

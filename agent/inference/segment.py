@@ -25,7 +25,7 @@ import numpy.typing as npt
 from agent.inference.letterbox import Letterbox, letterbox, unletterbox_boxes
 from agent.inference.session import ModelLoadError
 from agent.inference.shapes import ShapeDetections, channels_first, select_candidates
-from agent.inference.tasks import Shape, TaskModel, segment_geometry
+from agent.inference.tasks import OutputsMismatch, Shape, TaskModel, segment_geometry
 
 FloatArray = npt.NDArray[np.float32]
 
@@ -136,7 +136,7 @@ class Segmenter(TaskModel):
         geometry = segment_geometry(shapes)
         described = ", ".join(str(list(s)) for s in shapes)
         if geometry is None:
-            raise ModelLoadError(
+            raise OutputsMismatch(
                 f"model {self.name}: outputs {described} are not [1, 4+C+M, N] plus "
                 "prototypes [1, M, H/4, W/4]"
             )

@@ -119,6 +119,14 @@ class PoseOptions(_Options):
         return [(index[a], index[b]) for a, b in edges if a in index and b in index]
 
 
+class OutputsMismatch(ModelLoadError):
+    """A model's outputs do not have the shape of the task it was opened as."""
+
+
+TASK_LAYOUTS = ("classify: one [1, C] output; segment: [1, 4+C+M, N] and prototypes "
+                "[1, M, H/4, W/4]; pose: [1, 4+C+K*3, N] (K = pose.keypoints)")
+
+
 # -- the loaded model ------------------------------------------------------------------------
 
 
@@ -230,7 +238,8 @@ def load_vision_model(
 
     Detection is tried first under ``type: auto`` (the common case loads once); a model that
     is no detector is then opened as the task its metadata or output shapes fit. Raises
-    ``ModelLoadError`` naming the model and what was tried.
+    ``ModelLoadError`` naming the model: the detector's complaint when the outputs fit no
+    other task, else the complaint of the task they fit (labels that do not match).
     """
     from agent.inference.classify import Classifier
     from agent.inference.detector import Detector
@@ -247,17 +256,17 @@ def load_vision_model(
     try:
         return Detector(name, config, models_dir)
     except ModelLoadError as detect_error:
-        problems = [f"detect: {detect_error}"]
-        same = True
         # Which task fits is cheap to tell from the probe; try them in the likeliest order.
-        for task, cls in classes.items():
+        for cls in classes.values():
             try:
                 return cls(name, config, models_dir)
+            except OutputsMismatch:
+                continue
             except ModelLoadError as exc:
-                problems.append(f"{task}: {exc}")
-                same = same and str(exc) == str(detect_error)
-        if same:  # not about the outputs at all: a missing file, unreadable labels
-            raise
-        raise ModelLoadError(
-            f"model {name}: no task fits its outputs ({'; '.join(problems)})"
-        ) from detect_error
+                if str(exc) == str(detect_error):
+                    raise  # not about the outputs: a missing file, unreadable labels
+                # The outputs have this task's shape; what else is wrong is the useful news.
+                raise exc from detect_error
+        if "unsupported output layout" in str(detect_error):
+            raise ModelLoadError(f"{detect_error}; or a task: {TASK_LAYOUTS}") from detect_error
+        raise

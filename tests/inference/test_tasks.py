@@ -108,9 +108,36 @@ def test_detectors_still_load_as_detectors(models: Path, tmp_path: Path) -> None
     assert isinstance(load_vision_model("det", _config("det.onnx"), models), Detector)
 
 
-def test_a_model_no_task_fits_names_what_was_tried(models: Path, tmp_path: Path) -> None:
+def test_a_model_no_task_fits_names_every_layout(models: Path, tmp_path: Path) -> None:
     constant_model(tmp_path / "odd.onnx", [np.zeros((1, 7, 9, 9), np.float32)])
-    with pytest.raises(ModelLoadError, match="no task fits") as err:
+    with pytest.raises(ModelLoadError, match="unsupported output layout") as err:
         load_vision_model("odd", _config("odd.onnx"), models)
-    for task in ("detect", "classify", "segment", "pose"):
-        assert f"{task}:" in str(err.value)
+    for layout in ("yolov8", "classify: one [1, C]", "segment:", "pose:"):
+        assert layout in str(err.value)
+
+
+def test_a_classifier_with_the_wrong_labels_says_so(models: Path, tmp_path: Path) -> None:
+    constant_model(tmp_path / "c7.onnx", [np.zeros((1, 7), np.float32)])
+    with pytest.raises(ModelLoadError, match=r"classifier outputs 7 classes but labels "
+                       r"'cls\.txt' has 3 names"):
+        load_vision_model("c7", _config("c7.onnx", labels="cls.txt"), models)
+
+
+def test_check_config_models_loads_every_kind(models: Path, tmp_path: Path) -> None:
+    from agent.config import AgentConfig
+    from agent.inference.check import check_models
+
+    config = AgentConfig.model_validate({
+        "device": {"id": "t"}, "outbox": {"path": str(tmp_path / "outbox")},
+        "cameras": [{"id": "c", "url": str(tmp_path / "x.avi"), "model": "seg",
+                     "classify": {"model": "cls7", "run": "objects"}}],
+        "models": {"dir": str(models), "audio": {}, "detectors": {
+            "seg": {"path": "seg.onnx", "labels": "seg.txt"},
+            "pose": {"path": "pose.onnx"},
+            "cls7": {"path": "cls.onnx", "labels": "seg.txt"},
+        }},
+    })
+    # The camera's classifier is checked too: its 3 outputs do not fit 2 labels.
+    assert check_models(config) == [
+        "models.detectors.cls7: model cls7: classifier outputs 3 classes but labels 'seg.txt' "
+        "has 2 names; set labels: to a file with one name per class"]
