@@ -185,6 +185,19 @@ def test_every_kind_of_prediction_through_the_agent(
             got = np.array([kps[n][:2] for n in g.COCO_KEYPOINTS])
             assert np.abs(got - expected).max() <= 1.0, (cam, got - expected)
             assert [kps[n][2] for n in g.COCO_KEYPOINTS] == pytest.approx(kp_in[:, 2], abs=1e-3)
+    # The annotated picture draws the skeleton: a dot on the left hip (sure), none on the
+    # right ear (confidence 0.2, under pose.min_confidence).
+    pose_new = next(e for e in events if e["source"]["id"] == "pose-a" and e["phase"] == "new")
+    ann, raw = _image(pose_new, "annotated"), _image(pose_new, "input")
+    hip = g.to_frame(kp_in[11, :2], SIZES["pose-a"])
+    ear = g.to_frame(kp_in[4, :2], SIZES["pose-a"])
+
+    def drawn(at: np.ndarray) -> float:
+        x, y = (round(float(v)) for v in at)
+        patch = (slice(y - 1, y + 2), slice(x - 1, x + 2))
+        return float(np.abs(ann[patch].astype(int) - raw[patch].astype(int)).mean())
+
+    assert drawn(hip) > 60 and drawn(ear) < 20, (drawn(hip), drawn(ear))
     pose_end = next(e for e in events if e["source"]["id"] == "pose-a" and e["phase"] == "end")
     assert pose_end["object"]["entered_zones"] == ["ankle"]
 
