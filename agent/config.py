@@ -185,6 +185,7 @@ def cross_check(config: AgentConfig) -> list[str]:
             by_kind.setdefault(synthetic.kind, set()).add(synthetic.id)
         label_ids = _catalogue_ids(config, "coco") | _catalogue_ids(config, "audioset")
         label_ids |= {label for s in config.synthetic for label in s.labels}
+        label_ids |= _label_file_ids(config)
         problems.extend(validate_rules(
             config.rules, label_ids=label_ids, mic_ids=by_kind["microphone"],
             camera_ids=by_kind["camera"], use_cases=set(config.use_cases)))
@@ -200,6 +201,25 @@ def cross_check(config: AgentConfig) -> list[str]:
             problems.extend(p.replace(f"microphones.{mic.id}.", f"microphones[{i}].", 1)
                             for p in validate_listen(mic, audioset_ids))
     return problems
+
+
+def _label_file_ids(config: AgentConfig) -> set[str]:
+    """Label ids of the models with their own label file (a classifier's good/bad), as
+    events carry them; an unreadable file is the camera's error at start, not this check's."""
+    from agent.labels import slugify
+
+    ids: set[str] = set()
+    for model in config.models.detectors.values():
+        if model.labels == "coco":
+            continue
+        path = Path(model.labels)
+        path = path if path.is_absolute() else config.models.dir / path
+        try:
+            ids |= {slugify(n.strip()) for n in path.read_text(encoding="utf-8").splitlines()
+                    if n.strip()}
+        except (OSError, UnicodeDecodeError):
+            continue
+    return ids
 
 
 def _catalogue_ids(config: AgentConfig, which: str) -> set[str]:

@@ -22,7 +22,8 @@ sys.path.insert(0, str(REPO))
 
 from scripts.benchmarks import Row  # noqa: E402
 
-SECTIONS = ["outbox", "delivery", "rules", "vision_model", "vision", "audio", "config"]
+SECTIONS = ["outbox", "delivery", "rules", "vision_model", "segmentation", "vision", "audio",
+            "config"]
 
 
 def machine() -> dict[str, object]:

@@ -37,7 +37,7 @@ import colorsys
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Annotated, Literal
+from typing import Annotated, Literal, Protocol
 
 import numpy as np
 import numpy.typing as npt
@@ -136,6 +136,9 @@ class ZoneConfig(BaseModel):
                                       description="labels this zone applies to (default all)")
     inertia: int = Field(default=3, ge=1,
                          description="consecutive frames inside before an object is in the zone")
+    anchor: str = Field(default="box", min_length=1,
+                        description="box (bottom-centre), outline (segmentation: any point of "
+                        "it) or a keypoint name (pose); see agent.events.shapes")
 
 
 class SnapshotsConfig(BaseModel):
@@ -196,6 +199,13 @@ def label_colour(class_id: int) -> tuple[int, int, int]:
     return int(b * 255), int(g * 255), int(r * 255)
 
 
+class Drawing(Protocol):
+    """A shape drawn on annotated images (outlines, skeletons: ``agent.events.shapes``)."""
+
+    def scaled(self, factor: float) -> Drawing: ...
+    def draw(self, image: npt.NDArray[np.uint8], line: int) -> None: ...
+
+
 @dataclass(frozen=True)
 class Overlay:
     """What to draw on one frame: boxes with captions, zones and masks (pixel polygons)."""
@@ -206,6 +216,7 @@ class Overlay:
     highlight: int = -1
     zones: Mapping[str, FloatArray] = field(default_factory=dict)
     masks: Sequence[FloatArray] = ()
+    shapes: Sequence[Drawing] = ()
 
 
 def draw_overlay(image: npt.NDArray[np.uint8], overlay: Overlay) -> npt.NDArray[np.uint8]:
@@ -226,6 +237,8 @@ def draw_overlay(image: npt.NDArray[np.uint8], overlay: Overlay) -> npt.NDArray[
         x, y = int(pts[:, 0].min()), int(pts[:, 1].min())
         cv2.putText(out, name, (x + 3, max(12, y + 14)), cv2.FONT_HERSHEY_SIMPLEX, font_scale,
                     (0, 215, 255), line, cv2.LINE_AA)
+    for shape in overlay.shapes:
+        shape.draw(out, line)
     for i, (box, caption, colour) in enumerate(
         zip(overlay.boxes, overlay.captions, overlay.colours, strict=True)
     ):
@@ -494,14 +507,18 @@ class ObjectProcessor:
 
     # -- helpers ----------------------------------------------------------------------------
 
-    def _update_zones(self, seen: list[Track], width: int, height: int) -> None:
-        if not self.zones or not seen:
-            return
+    def _zone_hits(self, seen: list[Track], width: int, height: int) -> dict[str, BoolArray]:
+        """Per zone, which ``seen`` tracks are inside it in this frame."""
         boxes = np.stack([tr.xyxy for tr in seen])
         pts = bottom_centres(boxes, width, height)
         classes = np.array([tr.class_id for tr in seen], dtype=np.int64)
-        inside = {name: points_in_polygon(pts, poly) & self._zone_classes[name][classes]
-                  for name, poly in self._zone_polys.items()}
+        return {name: points_in_polygon(pts, poly) & self._zone_classes[name][classes]
+                for name, poly in self._zone_polys.items()}
+
+    def _update_zones(self, seen: list[Track], width: int, height: int) -> None:
+        if not self.zones or not seen:
+            return
+        inside = self._zone_hits(seen, width, height)
         for i, track in enumerate(seen):
             state = self._states[track.id]
             current = []
@@ -545,6 +562,7 @@ class ObjectProcessor:
                 boxes=overlay.boxes * scale, captions=overlay.captions, colours=overlay.colours,
                 zones={n: p * scale for n, p in overlay.zones.items()},
                 masks=[m * scale for m in overlay.masks],
+                shapes=[s.scaled(scale) for s in overlay.shapes],
             )
         images = []
         if cfg.input:
@@ -553,7 +571,7 @@ class ObjectProcessor:
             highlight = next((i for i, b in enumerate(snap.overlay.boxes)
                               if np.allclose(b, snap.box)), -1)
             overlay = Overlay(overlay.boxes, overlay.captions, overlay.colours, highlight,
-                              overlay.zones, overlay.masks)
+                              overlay.zones, overlay.masks, overlay.shapes)
             images.append(jpeg_media(draw_overlay(image, overlay), "annotated", cfg.quality))
         return images
 

@@ -59,7 +59,7 @@ EventId = Annotated[str, AfterValidator(_check_uuid4)]
 
 MetadataValue = str | int | float | bool
 SourceKind = Literal["camera", "microphone", "synthetic"]
-EventKind = Literal["object", "sound", "synthetic", "snapshot"]
+EventKind = Literal["object", "sound", "synthetic", "snapshot", "classification"]
 Phase = Literal["new", "update", "end"]
 
 
@@ -117,12 +117,23 @@ class Box(_Frozen):
 
 
 class Prediction(_Frozen):
-    """One thing the model returned: a detection (with ``box``) or a classification."""
+    """One thing the model returned: a detection (with ``box``), a classification (the
+    ``box`` is then the region classified, if not the whole frame), an instance
+    segmentation (``box`` plus ``polygon`` and ``mask_area``) or keypoints (``box`` plus
+    ``keypoints``). Coordinates are pixels of the original frame."""
 
     label: Label
     confidence: float = Field(ge=0.0, le=1.0)
     box: Box | None = None
     track_id: str | None = None
+    polygon: list[tuple[float, float]] | None = Field(
+        default=None, description="segmentation: the outline, [[x, y], ...], bounded in points"
+    )
+    mask_area: float | None = Field(default=None, ge=0.0,
+                                    description="segmentation: the mask's area in pixels")
+    keypoints: dict[str, tuple[float, float, float]] | None = Field(
+        default=None, description="pose: [x, y, confidence] per keypoint name"
+    )
 
 
 class ObjectInfo(_Frozen):

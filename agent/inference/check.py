@@ -21,6 +21,8 @@ def _wanted(config: AgentConfig) -> tuple[list[str], list[str]]:
     """Detector and audio model names to load: used by an enabled source, or listed."""
     models = config.models
     detectors = {c.model for c in config.cameras if c.enabled}
+    detectors |= {c.classify.model for c in config.cameras
+                  if c.enabled and c.classify is not None and c.classify.model is not None}
     audio = {m.model for m in config.microphones if m.enabled}
     if "detectors" in models.model_fields_set:
         detectors |= set(models.detectors)
@@ -34,14 +36,14 @@ def _wanted(config: AgentConfig) -> tuple[list[str], list[str]]:
 def check_models(config: AgentConfig) -> list[str]:
     """Problems with the models ``config`` uses, one line each (empty when all load)."""
     from agent.inference.audio import AudioClassifier, class_labels
-    from agent.inference.detector import Detector
+    from agent.inference.tasks import load_vision_model
 
     models = config.models
     problems: list[str] = []
     detectors, audio = _wanted(config)
     for name in detectors:
         try:
-            Detector(name, models.detectors[name], models.dir)
+            load_vision_model(name, models.detectors[name], models.dir)
         except (ModelLoadError, LabelCatalogueError) as exc:
             problems.append(f"models.detectors.{name}: {exc}")
     if not audio:

@@ -24,6 +24,7 @@ from agent.inference.adapters import LAYOUTS, Layout, Shape, detect_layout, layo
 from agent.inference.detections import Detections
 from agent.inference.letterbox import PAD_VALUE, letterbox, to_tensor, unletterbox_boxes
 from agent.inference.session import InferenceSession, ModelLoadError, ModelRef, SessionConfig
+from agent.inference.tasks import ClassifyOptions, PoseOptions, SegmentOptions
 from agent.labels import LabelCatalogueError, load_label_file
 
 logger = logging.getLogger(__name__)
@@ -40,9 +41,12 @@ _INPUT_DTYPES: dict[str, type[np.floating[Any]]] = {
 class DetectorModelConfig(SessionConfig):
     """An object-detection model: the ONNX file, its output layout, labels and thresholds."""
 
-    type: Literal["auto", "yolov3", "yolov5", "yolov8", "end2end"] = Field(
+    type: Literal[
+        "auto", "yolov3", "yolov5", "yolov8", "end2end", "classify", "segment", "pose"
+    ] = Field(
         default="auto",
-        description="output layout; auto reads it from the output shapes",
+        description="output layout or task (agent.inference.tasks); auto reads it from the "
+        "output shapes",
     )
     labels: str = Field(
         default="coco",
@@ -62,6 +66,9 @@ class DetectorModelConfig(SessionConfig):
     )
     score_threshold: float = Field(default=0.25, ge=0, le=1, description="pre-NMS score floor")
     iou_threshold: float = Field(default=0.45, gt=0, le=1, description="NMS overlap threshold")
+    classify: ClassifyOptions = Field(default_factory=ClassifyOptions)
+    segment: SegmentOptions = Field(default_factory=SegmentOptions)
+    pose: PoseOptions = Field(default_factory=PoseOptions)
 
 
 def load_labels(spec: str, models_dir: Path, model_name: str) -> list[str]:
@@ -150,6 +157,8 @@ class Detector:
     Not thread-safe (it reuses one input buffer): give each worker thread its own detector.
     """
 
+    task = "detect"
+
     def __init__(self, name: str, config: DetectorModelConfig, models_dir: Path) -> None:
         self.name = name
         self.config = config
@@ -194,6 +203,9 @@ class Detector:
             raise ModelLoadError(
                 f"model {name}: unsupported output layout {described}; supported: {supported}"
             )
+        if wanted not in LAYOUTS:
+            raise ModelLoadError(f"model {name}: type {wanted} is not a detection layout "
+                                 "(load it with agent.inference.tasks.load_vision_model)")
         layout = LAYOUTS[wanted]
         classes = layout_classes(layout.name, shapes)
         if classes is None:

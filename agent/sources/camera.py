@@ -38,6 +38,7 @@ import numpy.typing as npt
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from agent.clock import Clock
+from agent.events.classification import ClassifyConfig
 from agent.events.objects import ObjectsConfig, Polygon, SnapshotsConfig, ZoneConfig
 from agent.events.tracking import TrackingConfig
 from agent.inference.motion import MotionConfig
@@ -192,6 +193,9 @@ class CameraConfig(SourceCommon):
     motion: MotionConfig = Field(default_factory=MotionConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
     snapshots: SnapshotsConfig = Field(default_factory=SnapshotsConfig)
+    classify: ClassifyConfig | None = Field(
+        default=None, description="a classifier on frames, objects or on request "
+        "(agent.events.classification)")
     reconnect_min_s: float = Field(default=1.0, gt=0, le=3600)
     reconnect_max_s: float = Field(default=30.0, gt=0, le=3600)
     timeout_s: float = Field(default=10.0, gt=0, le=300,

@@ -31,7 +31,7 @@ def test_models_flag_reports_each_bad_model_on_its_own_line(tmp_path: Path) -> N
     g.constant_model(models / "v8.onnx", [g.yolov8_output(BOXES, np.array([0]),
                                                           np.array([0.9], np.float32), 3)],
                      (1, 3, 64, 64))
-    g.constant_model(models / "odd.onnx", [np.zeros((1, 7), np.float32)], (1, 3, 64, 64))
+    g.constant_model(models / "odd.onnx", [np.zeros((1, 7, 9, 9), np.float32)], (1, 3, 64, 64))
     config = {
         "device": {"id": "t"},
         "outbox": {"path": str(tmp_path / "outbox")},
@@ -52,7 +52,8 @@ def test_models_flag_reports_each_bad_model_on_its_own_line(tmp_path: Path) -> N
     text = "\n".join(lines)
     assert "models.detectors.short-labels: model short-labels: read as yolov8" in text
     assert "predict 3 classes but labels 'two.names' has 2 names" in text
-    assert "models.detectors.no-layout: model no-layout: unsupported output layout [1, 7]" in text
+    assert ("models.detectors.no-layout: model no-layout: unsupported output layout "
+            "[1, 7, 9, 9]") in text
     assert "models.detectors.missing: model missing: file" in text and "absent.onnx" in text
     assert "good" not in text and "Traceback" not in text
     assert all(line.startswith(f"{tmp_path / 'agent.yaml'}: ") for line in lines)

@@ -138,17 +138,19 @@ def test_an_unsupported_output_layout_is_an_error(
 
     from agent.inference.detector import DetectorModelConfig
 
-    # A valid graph whose output [1, 7] is no detection layout we know.
+    # A valid graph whose output [1, 1, 7] is no layout we know ([1, 7] is a classifier's).
     graph = helper.make_graph(
         [helper.make_node("ReduceMean", ["images"], ["pooled"], axes=[2, 3], keepdims=0),
-         helper.make_node("Concat", ["pooled", "pooled", "pooled_1"], ["out"], axis=1),
+         helper.make_node("Concat", ["pooled", "pooled", "pooled_1"], ["flat"], axis=1),
+         helper.make_node("Reshape", ["flat", "shape"], ["out"]),
          helper.make_node("Slice", ["pooled", "s", "e", "a"], ["pooled_1"])],
         "odd",
         [helper.make_tensor_value_info("images", TensorProto.FLOAT, [1, 3, 64, 64])],
-        [helper.make_tensor_value_info("out", TensorProto.FLOAT, [1, 7])],
+        [helper.make_tensor_value_info("out", TensorProto.FLOAT, [1, 1, 7])],
         [helper.make_tensor("s", TensorProto.INT64, [1], [0]),
          helper.make_tensor("e", TensorProto.INT64, [1], [1]),
-         helper.make_tensor("a", TensorProto.INT64, [1], [1])],
+         helper.make_tensor("a", TensorProto.INT64, [1], [1]),
+         helper.make_tensor("shape", TensorProto.INT64, [3], [1, 1, 7])],
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
     model.ir_version = 8

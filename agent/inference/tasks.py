@@ -1,0 +1,272 @@
+"""Models that do more than boxes: classification, instance segmentation and keypoints.
+
+A model in ``models.detectors`` is read as one of four tasks. ``type:`` names it
+(``classify``, ``segment``, ``pose``, or a detection layout); with ``type: auto`` the task is
+read from the model, as detection layouts are:
+
+- one output of ``C`` values per image (``[1, C]``, ``[1, C, 1, 1]``): **classify**;
+- two outputs, ``[1, 4+C+M, N]`` and prototypes ``[1, M, H/4, W/4]``: **segment**;
+- one ``[1, 4+C+K*3, N]`` output whose channels fit the labels plus ``K`` keypoints
+  (``pose.keypoints``, 17 COCO names by default) but not the labels alone: **pose** (a
+  one-class pose model may keep ``labels: coco``: its class is COCO's first, person);
+- anything else: a detection layout (``agent.inference.adapters``).
+
+``load_vision_model`` returns a ``Detector`` for detection and the task's own class
+otherwise; every one has ``name``, ``labels``, ``model_ref``, ``task`` and
+``last_inference_ms``. This module also holds each task's options (``classify:``,
+``segment:``, ``pose:`` under a model's entry) so the detector's config stays one class.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Literal
+
+import numpy as np
+import numpy.typing as npt
+from pydantic import BaseModel, ConfigDict, Field
+
+from agent.inference.session import InferenceSession, ModelLoadError, ModelRef
+
+if TYPE_CHECKING:
+    from agent.inference.classify import Classifier
+    from agent.inference.detector import Detector, DetectorModelConfig
+    from agent.inference.pose import PoseEstimator
+    from agent.inference.segment import Segmenter
+
+logger = logging.getLogger(__name__)
+
+Task = Literal["detect", "classify", "segment", "pose"]
+Shape = tuple[int, ...]
+
+COCO_KEYPOINTS: tuple[str, ...] = (
+    "nose", "left_eye", "right_eye", "left_ear", "right_ear",
+    "left_shoulder", "right_shoulder", "left_elbow", "right_elbow",
+    "left_wrist", "right_wrist", "left_hip", "right_hip",
+    "left_knee", "right_knee", "left_ankle", "right_ankle",
+)
+"""The 17 COCO keypoints in the order Ultralytics pose models output them."""
+
+COCO_SKELETON: tuple[tuple[str, str], ...] = (
+    ("left_ankle", "left_knee"), ("left_knee", "left_hip"),
+    ("right_ankle", "right_knee"), ("right_knee", "right_hip"),
+    ("left_hip", "right_hip"), ("left_shoulder", "left_hip"), ("right_shoulder", "right_hip"),
+    ("left_shoulder", "right_shoulder"), ("left_shoulder", "left_elbow"),
+    ("right_shoulder", "right_elbow"), ("left_elbow", "left_wrist"),
+    ("right_elbow", "right_wrist"), ("left_eye", "right_eye"), ("nose", "left_eye"),
+    ("nose", "right_eye"), ("left_eye", "left_ear"), ("right_eye", "right_ear"),
+)
+"""Bones drawn between COCO keypoints on annotated images."""
+
+
+class _Options(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ClassifyOptions(_Options):
+    """``models.detectors.<name>.classify``: how a classifier is fed and read."""
+
+    top_k: int = Field(default=5, ge=1, le=100, description="classes carried per event")
+    activation: Literal["auto", "softmax", "none"] = Field(
+        default="auto",
+        description="auto: softmax when the outputs are logits (a value outside 0..1, or "
+        "scores not summing to 1 +- 0.02), else as they are; none: multi-label sigmoid heads",
+    )
+    resize: Literal["center_crop", "stretch", "letterbox"] = Field(
+        default="center_crop",
+        description="center_crop: shortest side to the input, centre cut (as Ultralytics "
+        "classifiers were trained); stretch: ignore aspect; letterbox: pad with grey",
+    )
+    mean: tuple[float, float, float] = Field(
+        default=(0.0, 0.0, 0.0), description="subtracted after scaling, per channel (model order)"
+    )
+    std: tuple[float, float, float] = Field(
+        default=(1.0, 1.0, 1.0), description="divided by after the mean, per channel"
+    )
+
+
+class SegmentOptions(_Options):
+    """``models.detectors.<name>.segment``: how masks become outlines."""
+
+    max_points: int = Field(default=64, ge=4, le=1000,
+                            description="outline polygon simplified to at most this many points")
+    mask_threshold: float = Field(default=0.5, gt=0.0, lt=1.0,
+                                  description="sigmoid(coefficients x prototypes) above it is "
+                                  "the object")
+
+
+class PoseOptions(_Options):
+    """``models.detectors.<name>.pose``: the keypoints a pose model outputs."""
+
+    keypoints: list[str] = Field(default_factory=lambda: list(COCO_KEYPOINTS), min_length=1,
+                                 description="keypoint names in output order")
+    skeleton: list[tuple[str, str]] | None = Field(
+        default=None, description="bones to draw; default COCO's when keypoints are COCO's"
+    )
+    min_confidence: float = Field(default=0.5, ge=0.0, le=1.0,
+                                  description="a keypoint is drawn and used for zones from here")
+
+    def bones(self) -> list[tuple[int, int]]:
+        """Index pairs of the bones to draw."""
+        edges = self.skeleton
+        if edges is None:
+            edges = list(COCO_SKELETON) if tuple(self.keypoints) == COCO_KEYPOINTS else []
+        index = {n: i for i, n in enumerate(self.keypoints)}
+        return [(index[a], index[b]) for a, b in edges if a in index and b in index]
+
+
+class OutputsMismatch(ModelLoadError):
+    """A model's outputs do not have the shape of the task it was opened as."""
+
+
+TASK_LAYOUTS = ("classify: one [1, C] output; segment: [1, 4+C+M, N] and prototypes "
+                "[1, M, H/4, W/4]; pose: [1, 4+C+K*3, N] (K = pose.keypoints)")
+
+
+# -- the loaded model ------------------------------------------------------------------------
+
+
+class TaskModel:
+    """An ONNX model loaded and probed once: session, labels, input geometry, output shapes.
+
+    The base of ``Classifier``, ``Segmenter`` and ``PoseEstimator``; ``_check(shapes)`` in
+    each raises ``ModelLoadError`` when the outputs do not fit its task. Not thread-safe for
+    the input buffer, so ``run`` serialises callers (cameras may share one model).
+    """
+
+    task: Task = "detect"
+
+    def __init__(self, name: str, config: DetectorModelConfig, models_dir: Path) -> None:
+        from agent.inference.detector import _INPUT_DTYPES, _input_geometry, load_labels
+
+        self.name = name
+        self.config = config
+        self.session = InferenceSession(name, config, models_dir)
+        self.model_ref = ModelRef(name=name, sha256=self.session.sha256)
+        self.labels = load_labels(config.labels, models_dir, name)
+        self.input_size = _input_geometry(name, self.session, config.input_size)
+        input_type = self.session.inputs[0].type
+        if input_type not in _INPUT_DTYPES:
+            raise ModelLoadError(
+                f"model {name}: input type {input_type} is not supported (float or float16)"
+            )
+        width, height = self.input_size
+        self._tensor = np.zeros((1, 3, height, width), dtype=_INPUT_DTYPES[input_type])
+        try:
+            probe = self.session.run({self.session.input_name: self._tensor})
+        except Exception as exc:
+            raise ModelLoadError(
+                f"model {name}: a test run on a [1, 3, {height}, {width}] input failed: {exc}"
+            ) from exc
+        self.shapes: list[Shape] = [tuple(int(d) for d in o.shape) for o in probe]
+        self._check(self.shapes)
+        self._lock = threading.Lock()
+        self._timing = threading.local()
+        logger.info("model %s: %s, outputs %s, input %dx%d, %d labels, providers %s",
+                    name, self.task, [list(s) for s in self.shapes], width, height,
+                    len(self.labels), self.session.providers)
+
+    def _check(self, shapes: list[Shape]) -> None:
+        raise NotImplementedError
+
+    @property
+    def last_inference_ms(self) -> float:
+        """``session.run`` time of this thread's last call."""
+        return float(getattr(self._timing, "ms", 0.0))
+
+    def run(self, image_bgr: npt.NDArray[np.uint8],
+            mean: Sequence[float] | None = None,
+            std: Sequence[float] | None = None) -> list[np.ndarray]:
+        """Run on an image already sized to the input (H, W, 3 BGR); every output."""
+        from agent.inference.letterbox import to_tensor
+
+        config = self.config
+        with self._lock:
+            tensor = to_tensor(image_bgr, rgb=config.color == "rgb", scale=config.scale,
+                               out=self._tensor)
+            if mean is not None and std is not None and (any(mean) or any(s != 1 for s in std)):
+                m = np.asarray(mean, dtype=tensor.dtype).reshape(1, 3, 1, 1)
+                s = np.asarray(std, dtype=tensor.dtype).reshape(1, 3, 1, 1)
+                np.subtract(tensor, m, out=tensor)
+                np.divide(tensor, s, out=tensor)
+            started = time.perf_counter()
+            outputs = self.session.run({self.session.input_name: tensor})
+        self._timing.ms = (time.perf_counter() - started) * 1000.0
+        return outputs
+
+
+def classify_classes(shapes: Sequence[Shape]) -> int | None:
+    """Classes of a ``[1, C]`` (or ``[1, C, 1, 1]``) classifier output; None otherwise."""
+    if len(shapes) != 1:
+        return None
+    shape = shapes[0]
+    if len(shape) < 2 or shape[0] != 1 or any(d != 1 for d in shape[2:]) or shape[1] < 2:
+        return None
+    return shape[1]
+
+
+def segment_geometry(shapes: Sequence[Shape]) -> tuple[int, int] | None:
+    """``(channels, M)`` of an Ultralytics segmentation export's two outputs; None otherwise."""
+    if len(shapes) != 2:
+        return None
+    table = next((s for s in shapes if len(s) == 3), None)
+    protos = next((s for s in shapes if len(s) == 4), None)
+    if table is None or protos is None or table[0] != 1 or protos[0] != 1:
+        return None
+    channels = min(table[1], table[2])
+    masks = protos[1]
+    return (channels, masks) if channels > 4 + masks else None
+
+
+def pose_classes(shapes: Sequence[Shape], keypoints: int) -> int | None:
+    """Classes of a ``[1, 4+C+K*3, N]`` pose output with ``keypoints`` = K; None otherwise."""
+    if len(shapes) != 1 or len(shapes[0]) != 3 or shapes[0][0] != 1:
+        return None
+    _, a, b = shapes[0]
+    classes = min(a, b) - 4 - 3 * keypoints
+    return classes if classes >= 1 and a != b else None
+
+
+def load_vision_model(
+    name: str, config: DetectorModelConfig, models_dir: Path
+) -> Detector | Classifier | Segmenter | PoseEstimator:
+    """The model named ``name``, loaded as the task its config or its outputs say.
+
+    Detection is tried first under ``type: auto`` (the common case loads once); a model that
+    is no detector is then opened as the task its metadata or output shapes fit. Raises
+    ``ModelLoadError`` naming the model: the detector's complaint when the outputs fit no
+    other task, else the complaint of the task they fit (labels that do not match).
+    """
+    from agent.inference.classify import Classifier
+    from agent.inference.detector import Detector
+    from agent.inference.pose import PoseEstimator
+    from agent.inference.segment import Segmenter
+
+    classes: dict[str, type[Classifier] | type[Segmenter] | type[PoseEstimator]] = {
+        "classify": Classifier, "segment": Segmenter, "pose": PoseEstimator,
+    }
+    if config.type in classes:
+        return classes[config.type](name, config, models_dir)
+    if config.type != "auto":
+        return Detector(name, config, models_dir)
+    try:
+        return Detector(name, config, models_dir)
+    except ModelLoadError as detect_error:
+        # Which task fits is cheap to tell from the probe; try them in the likeliest order.
+        for cls in classes.values():
+            try:
+                return cls(name, config, models_dir)
+            except OutputsMismatch:
+                continue
+            except ModelLoadError as exc:
+                if str(exc) == str(detect_error):
+                    raise  # not about the outputs: a missing file, unreadable labels
+                # The outputs have this task's shape; what else is wrong is the useful news.
+                raise exc from detect_error
+        if "unsupported output layout" in str(detect_error):
+            raise ModelLoadError(f"{detect_error}; or a task: {TASK_LAYOUTS}") from detect_error
+        raise
