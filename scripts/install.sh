@@ -380,13 +380,16 @@ step_models() {
 
 step_config() {
   say "Configuration in $etc_dir"
-  local example=$repo/config/agent.example.yaml
+  # The starter opens nothing: broker on localhost, no camera or microphone until the
+  # administrator adds them (config/agent.example.yaml documents every key).
+  local example=$repo/config/starter.yaml
   # Root-owned and world-readable directory; agent.yaml readable by the agent's group only.
   if [ -d "$etc_dir" ]; then note "$etc_dir exists"; else run install -d -m 0755 "$etc_dir"; fi
   if [ -e "$etc_dir/agent.yaml" ]; then
     note "keeping the existing $etc_dir/agent.yaml (never overwritten)"
   elif [ -f "$example" ]; then
     run install -m 0640 -o root -g "$user" "$example" "$etc_dir/agent.yaml"
+    note "a starter with no cameras or microphones: it connects to the broker on localhost and idles"
     note "edit $etc_dir/agent.yaml (broker, cameras, microphones), then: systemctl restart edge-agent"
   elif [ "$dry_run" = 1 ]; then
     warn "$example is missing from this checkout; a real install stops here"
