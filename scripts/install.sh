@@ -107,6 +107,11 @@ if [ "$dry_run" = 0 ] && [ "$(id -u)" != 0 ]; then
 fi
 
 # --- helpers ------------------------------------------------------------------------------
+# Temporary files, removed at exit whatever happens.
+cleanup_paths=()
+cleanup() { [ ${#cleanup_paths[@]} -eq 0 ] || rm -rf "${cleanup_paths[@]}"; }
+trap cleanup EXIT
+
 # run CMD...: print the command, then run it unless this is a dry run.
 run() {
   local line="+"
@@ -292,8 +297,7 @@ step_venv() {
   local stage=/tmp/edge-agent-src.XXXXXX
   if [ "$dry_run" = 0 ]; then
     stage=$(mktemp -d /tmp/edge-agent-src.XXXXXX)
-    # shellcheck disable=SC2064  # expand now: $stage is local to this function
-    trap "rm -rf '$stage'" EXIT
+    cleanup_paths+=("$stage")
   fi
   # What the build reads (pyproject.toml packages agent*; readme = README.md).
   local src=() f
@@ -499,6 +503,15 @@ case "$board/$codename" in
   raspberrypi/bookworm|jetson/jammy) ;;
   *) warn "tested on Raspberry Pi OS bookworm and Jetson JetPack 6 (jammy); this is $board/$codename" ;;
 esac
+
+if [ "$dry_run" = 0 ]; then
+  # What runs here as root keeps its caches in a directory removed at exit: pip's wheel
+  # cache, and the device id that importing onnxruntime writes under ~/.cache/Microsoft.
+  # Both follow XDG_CACHE_HOME; without this an install leaves them in root's home.
+  XDG_CACHE_HOME=$(mktemp -d /tmp/edge-agent-cache.XXXXXX)
+  cleanup_paths+=("$XDG_CACHE_HOME")
+  export XDG_CACHE_HOME
+fi
 
 step_packages
 step_user
