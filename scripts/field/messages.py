@@ -16,6 +16,7 @@ about what arrived after that action only.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 from collections import defaultdict
@@ -34,10 +35,8 @@ def read(path: str, since: int = 0) -> Iterator[dict[str, Any]]:
                 continue
             payload = message.get("payload")
             if isinstance(payload, str) and payload.startswith("{"):
-                try:
+                with contextlib.suppress(ValueError):
                     message["json"] = json.loads(payload)
-                except ValueError:
-                    pass
             yield message
 
 
