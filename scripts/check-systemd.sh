@@ -31,7 +31,7 @@ repo=$(cd "$(dirname "$0")/.." && pwd)
 . "$repo/scripts/field/lib.sh"
 
 case "${1:-}" in
-  -h|--help) sed -n '2,27p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+  -h|--help) awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0"; exit 0 ;;
 esac
 [ $# -eq 0 ] || die "no arguments expected (see --help)"
 

@@ -8,6 +8,7 @@ Python of the container under test, not the agent's venv.
     messages.py FILE gaps                          per run and source: missing seq numbers
     messages.py FILE runs                          run ids in the order first seen
     messages.py FILE kinds [--since OFFSET]        event kinds (object, sound, synthetic...)
+    messages.py FILE labels KIND [--since OFFSET]  labels of the events of one kind
 
 ``OFFSET`` is a byte offset into FILE (its size before an action), so a question can be
 about what arrived after that action only.
@@ -50,7 +51,8 @@ def events(path: str, since: int = 0) -> Iterator[dict[str, Any]]:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("file")
-    parser.add_argument("question", choices=["statuses", "count", "gaps", "runs", "kinds"])
+    parser.add_argument("question",
+                        choices=["statuses", "count", "gaps", "runs", "kinds", "labels"])
     parser.add_argument("source", nargs="?")
     parser.add_argument("--since", type=int, default=0)
     parser.add_argument("--run", help="count: only events of this run_id")
@@ -69,6 +71,12 @@ def main() -> int:
         for e in events(args.file, args.since):
             kinds[str(e.get("kind"))] += 1
         print(" ".join(f"{k}={n}" for k, n in sorted(kinds.items())))
+    elif args.question == "labels":
+        labels: dict[str, int] = defaultdict(int)
+        for e in events(args.file, args.since):
+            if e.get("kind") == args.source:
+                labels[str((e.get("label") or {}).get("id"))] += 1
+        print(" ".join(f"{k}={n}" for k, n in sorted(labels.items())))
     elif args.question == "runs":
         seen: list[str] = []
         for e in events(args.file):

@@ -43,9 +43,10 @@ def line(topic: str, payload: object, retain: int = 0) -> str:
                        "retain": retain, "payloadlen": len(text), "payload": text})
 
 
-def event(run: str, source: str, seq: int, kind: str = "synthetic") -> str:
+def event(run: str, source: str, seq: int, kind: str = "synthetic", label: str = "person") -> str:
     return line(f"edge-agent/d/events/{source}",
-                {"kind": kind, "run_id": run, "seq": seq, "source": {"id": source}})
+                {"kind": kind, "run_id": run, "seq": seq, "source": {"id": source},
+                 "label": {"id": label}})
 
 
 def ask(path: Path, *args: str) -> subprocess.CompletedProcess[str]:
@@ -76,7 +77,7 @@ def test_messages_counts_statuses_kinds_and_runs_after_an_offset(tmp_path: Path)
     later = [line("edge-agent/d/status", "offline"),
              line("edge-agent/d/sources/cam/status", {"state": "running"}),
              line("edge-agent/d/status", "online"),
-             event("r2", "cam", 0, "object"), event("r2", "mic", 0, "sound"),
+             event("r2", "cam", 0, "object", "car"), event("r2", "mic", 0, "sound", "siren"),
              '{"torn": ']  # a line cut short when the subscriber was killed
     with path.open("a") as f:
         f.write("\n".join(later))
@@ -84,5 +85,7 @@ def test_messages_counts_statuses_kinds_and_runs_after_an_offset(tmp_path: Path)
     assert ask(path, "statuses", "--since", str(offset)).stdout.split() == ["offline", "online"]
     assert ask(path, "kinds", "--since", str(offset)).stdout.split() == ["object=1", "sound=1"]
     assert ask(path, "runs").stdout.split() == ["r1", "r2"]
+    assert ask(path, "labels", "object").stdout.split() == ["car=1", "person=1"]
+    assert ask(path, "labels", "sound", "--since", str(offset)).stdout.split() == ["siren=1"]
     assert ask(path, "count", "cam", "--run", "r2").stdout.strip() == "1"
     assert ask(path, "count", "cam").stdout.strip() == "2"
