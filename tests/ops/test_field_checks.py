@@ -15,7 +15,8 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 SCRIPTS = [REPO / "scripts" / name for name in
-           ("check-systemd.sh", "check-arm64.sh", "field/lib.sh", "test.sh")]
+           ("check-systemd.sh", "check-arm64.sh", "field/lib.sh",
+            "field/onnxruntime-under-qemu.sh", "test.sh")]
 MESSAGES = REPO / "scripts" / "field" / "messages.py"
 
 
