@@ -84,8 +84,13 @@ build_rootfs() {
   echo "$arch $extras" >"$stamp"
 }
 
-# fresh_copy SRC DST: DST becomes a copy of the cached root (the checks change it).
+# fresh_copy SRC DST: DST becomes a copy of the cached root (the checks change it). Refuses
+# while anything is mounted under DST (a run killed before it unmounted /proc or /sys):
+# rm -rf would walk into them.
 fresh_copy() {
+  if awk -v d="$2" '$2 == d || index($2, d "/") == 1 { found = 1 } END { exit !found }' /proc/mounts; then
+    die "something is still mounted under $2: umount -R it first"
+  fi
   rm -rf "$2"
   cp -a --reflink=auto "$1" "$2"
 }
