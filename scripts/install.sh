@@ -107,6 +107,11 @@ if [ "$dry_run" = 0 ] && [ "$(id -u)" != 0 ]; then
 fi
 
 # --- helpers ------------------------------------------------------------------------------
+# Temporary files, removed at exit whatever happens.
+cleanup_paths=()
+cleanup() { [ ${#cleanup_paths[@]} -eq 0 ] || rm -rf "${cleanup_paths[@]}"; }
+trap cleanup EXIT
+
 # run CMD...: print the command, then run it unless this is a dry run.
 run() {
   local line="+"
@@ -292,8 +297,7 @@ step_venv() {
   local stage=/tmp/edge-agent-src.XXXXXX
   if [ "$dry_run" = 0 ]; then
     stage=$(mktemp -d /tmp/edge-agent-src.XXXXXX)
-    # shellcheck disable=SC2064  # expand now: $stage is local to this function
-    trap "rm -rf '$stage'" EXIT
+    cleanup_paths+=("$stage")
   fi
   # What the build reads (pyproject.toml packages agent*; readme = README.md).
   local src=() f
@@ -380,13 +384,16 @@ step_models() {
 
 step_config() {
   say "Configuration in $etc_dir"
-  local example=$repo/config/agent.example.yaml
+  # The starter opens nothing: broker on localhost, no camera or microphone until the
+  # administrator adds them (config/agent.example.yaml documents every key).
+  local example=$repo/config/starter.yaml
   # Root-owned and world-readable directory; agent.yaml readable by the agent's group only.
   if [ -d "$etc_dir" ]; then note "$etc_dir exists"; else run install -d -m 0755 "$etc_dir"; fi
   if [ -e "$etc_dir/agent.yaml" ]; then
     note "keeping the existing $etc_dir/agent.yaml (never overwritten)"
   elif [ -f "$example" ]; then
     run install -m 0640 -o root -g "$user" "$example" "$etc_dir/agent.yaml"
+    note "a starter with no cameras or microphones: it connects to the broker on localhost and idles"
     note "edit $etc_dir/agent.yaml (broker, cameras, microphones), then: systemctl restart edge-agent"
   elif [ "$dry_run" = 1 ]; then
     warn "$example is missing from this checkout; a real install stops here"
@@ -496,6 +503,15 @@ case "$board/$codename" in
   raspberrypi/bookworm|jetson/jammy) ;;
   *) warn "tested on Raspberry Pi OS bookworm and Jetson JetPack 6 (jammy); this is $board/$codename" ;;
 esac
+
+if [ "$dry_run" = 0 ]; then
+  # What runs here as root keeps its caches in a directory removed at exit: pip's wheel
+  # cache, and the device id that importing onnxruntime writes under ~/.cache/Microsoft.
+  # Both follow XDG_CACHE_HOME; without this an install leaves them in root's home.
+  XDG_CACHE_HOME=$(mktemp -d /tmp/edge-agent-cache.XXXXXX)
+  cleanup_paths+=("$XDG_CACHE_HOME")
+  export XDG_CACHE_HOME
+fi
 
 step_packages
 step_user

@@ -2,15 +2,20 @@
 # Set up everything the tests need, then run them.
 #   scripts/test.sh            the default suite
 #   scripts/test.sh --soak     the long fault-injection and soak runs only
+#   scripts/test.sh --field    the field checks only, as root: the agent under a real systemd
+#                              (scripts/check-systemd.sh) and the install on emulated arm64
+#                              (scripts/check-arm64.sh); about 25 minutes, not part of CI
 #   scripts/test.sh -- ARGS    extra pytest arguments
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 marker="not soak"
+field=0
 args=()
 while [ $# -gt 0 ]; do
   case "$1" in
     --soak) marker="soak"; shift ;;
+    --field) field=1; shift ;;
     --) shift; args+=("$@"); break ;;
     *) args+=("$1"); shift ;;
   esac
@@ -19,6 +24,20 @@ done
 scripts/setup.sh --dev
 if .venv/bin/edge-agent models --help >/dev/null 2>&1; then
   .venv/bin/edge-agent models fetch --quiet
+fi
+
+if [ "$field" = 1 ]; then
+  rc=0
+  summaries=()
+  for check in scripts/check-systemd.sh scripts/check-arm64.sh; do
+    echo "test.sh: $check"
+    out=$(mktemp)
+    "$check" | tee "$out" || rc=1
+    summaries+=("$check: $(tail -n 1 "$out")")
+    rm -f "$out"
+  done
+  printf '%s\n' "${summaries[@]}"
+  exit "$rc"
 fi
 
 set +e

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import logging
+import os
 import threading
+import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from agent.clock import Clock
@@ -16,6 +19,13 @@ logger = logging.getLogger(__name__)
 
 EventSink = Callable[[Event], None]
 """Where a worker hands its events: the daemon validates, persists and routes them."""
+
+TEST_STALL_ENV = "EDGE_AGENT_TEST_STALL_FILE"
+"""Test-only fault hook, used by scripts/check-systemd.sh to prove that systemd's watchdog
+restarts an agent with one stuck worker thread. Off unless this variable names a file. Then a
+worker whose source id is the file's first word stops in ``beat`` (so it stops beating, as a
+hung thread would) while the file exists and was written after the worker started; a restarted
+agent is therefore not stuck again by the same file. Never set it in production."""
 
 
 class Worker(ABC):
@@ -46,12 +56,15 @@ class Worker(ABC):
         self.events_emitted = 0
         self.crashed: str | None = None
         """Why the thread died of an exception (the watchdog then starves); None otherwise."""
+        self._test_stall_file = os.environ.get(TEST_STALL_ENV) or None
+        self._started_wall = time.time()
 
     def start(self) -> None:
         """Start the worker thread."""
         self._stop.clear()
         self.crashed = None
         self._last_beat = self._clock.monotonic()
+        self._started_wall = time.time()
         self._thread = threading.Thread(
             target=self._guarded_run, name=f"{self.kind}:{self.source_id}", daemon=True
         )
@@ -70,7 +83,27 @@ class Worker(ABC):
 
     def beat(self) -> None:
         """Record progress; called by the loop every iteration, busy or idle."""
+        if self._test_stall_file is not None:
+            self._test_stall(self._test_stall_file)
         self._last_beat = self._clock.monotonic()
+
+    def _test_stall(self, path: str) -> None:
+        """The ``TEST_STALL_ENV`` fault hook: block here, without beating, while asked to."""
+        logged = False
+        while not self._stop.is_set():
+            try:
+                # Wall time on purpose: it is compared with the file's modification time.
+                stale = os.stat(path).st_mtime < self._started_wall
+                words = Path(path).read_text(encoding="utf-8").split()
+            except OSError:
+                return
+            if stale or not words or words[0] != self.source_id:
+                return
+            if not logged:
+                logger.warning("%s %s: stuck on purpose by the test-only fault hook %s=%s",
+                               self.kind, self.source_id, TEST_STALL_ENV, path)
+                logged = True
+            self._stop.wait(0.5)
 
     def heartbeat_age(self) -> float:
         """Seconds since the loop last made progress (0 when not running)."""

@@ -88,7 +88,7 @@ def test_dry_run_shows_every_step_and_changes_nothing(tmp_path: Path) -> None:
     assert list(tmp_path.iterdir()) == []
 
     if not Path("/etc/edge-agent/agent.yaml").exists():
-        assert "config/agent.example.yaml /etc/edge-agent/agent.yaml" in out
+        assert "config/starter.yaml /etc/edge-agent/agent.yaml" in out
     if shutil.which("getent") and subprocess.run(["getent", "passwd", "edge-agent"],
                                                  capture_output=True).returncode != 0:
         assert "+ useradd --system" in out and " edge-agent\n" in out
@@ -118,7 +118,7 @@ def test_dry_run_keeps_an_existing_config(tmp_path: Path) -> None:
                       env={"EDGE_AGENT_INSTALL_ROOT": str(root)})
     assert proc.returncode == 0, proc.stderr
     assert f"keeping the existing {config}" in proc.stdout
-    assert "agent.example.yaml" not in proc.stdout
+    assert "starter.yaml" not in proc.stdout
     # The password file's permissions are enforced (root-only), not its content.
     assert f"+ chmod 0600 {config.parent}/mqtt_password" in proc.stdout
     assert tree(tmp_path) == before
