@@ -37,6 +37,7 @@ import json
 import logging
 import sqlite3
 import sys
+import uuid
 from array import array
 from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -79,6 +80,17 @@ def unpack_seqs(text: str) -> list[int]:
     if sys.byteorder != "little":
         packed.byteswap()
     return packed.tolist()
+
+
+def pack_ids(ids: Iterable[str]) -> str:
+    """Event ids (UUID strings) as base64 of their 16 bytes each."""
+    return base64.b64encode(b"".join(uuid.UUID(i).bytes for i in ids)).decode("ascii")
+
+
+def unpack_ids(text: str) -> list[str]:
+    """The inverse of ``pack_ids`` (ids come back in their canonical form)."""
+    raw = base64.b64decode(text)
+    return [str(uuid.UUID(bytes=raw[i:i + 16])) for i in range(0, len(raw), 16)]
 
 
 def _utc(ms: int | None) -> datetime | None:
@@ -223,13 +235,13 @@ class RuleStore:
         events: Sequence[StoredEvent],
         now: int,
         *,
-        pending: list[dict[str, Any]] | None = None,
+        pending: str | None = None,
         snapshot: dict[str, Any] | None = None,
         keep: Collection[int] = (),
     ) -> None:
-        """Store ``events`` and ``now`` in one transaction; ``pending`` (when given) replaces
-        the composites owed; a ``snapshot`` replaces the last one, and then every stored event
-        not in ``keep`` is deleted."""
+        """Store ``events`` and ``now`` in one transaction; ``pending`` (a JSON array, when
+        given) replaces the composites owed or not yet received; a ``snapshot`` replaces the
+        last one, and then every stored event not in ``keep`` is deleted."""
         if not events and snapshot is None and pending is None and now == self._written_now:
             return
         rows = [self._encode(e) for e in events]
@@ -243,8 +255,7 @@ class RuleStore:
             if now != self._written_now:
                 db.execute("INSERT OR REPLACE INTO meta VALUES ('now', ?)", (str(now),))
             if pending is not None:
-                db.execute("INSERT OR REPLACE INTO meta VALUES ('pending', ?)",
-                           (json.dumps(pending, separators=(",", ":")),))
+                db.execute("INSERT OR REPLACE INTO meta VALUES ('pending', ?)", (pending,))
             if snapshot is not None:
                 db.execute("INSERT OR REPLACE INTO meta VALUES ('snapshot', ?)",
                            (json.dumps(snapshot, separators=(",", ":")),))
@@ -289,6 +300,8 @@ __all__ = [
     "LoadedState",
     "RuleStore",
     "StoredEvent",
+    "pack_ids",
     "pack_seqs",
+    "unpack_ids",
     "unpack_seqs",
 ]

@@ -25,13 +25,15 @@ def test_forms_extends_and_finalises_on_event_time() -> None:
     assert formed.group_key == "edge-01:person"
     assert to_ms(formed.started_at) == T0_MS
     [update] = d.process(e[3])
-    assert update.id == formed.id and len(update.events) == 4
+    # An update carries what joined since the last message, and the whole count.
+    assert update.id == formed.id and _ids(update) == [e[3].id] and update.event_count == 4
     # Minutes of window pass in no time: the clock is manual.
     d.at(30_000 + 30_000 - 1)
     assert d.tick() == []
     d.at(30_000 + 30_000)
     [final] = d.tick()
     assert final.id == formed.id and final.status == "final"
+    assert _ids(final) == [x.id for x in e[:4]] and final.event_count == 4  # every member
     assert final.ended_at is not None
     assert to_ms(final.ended_at) == T0_MS + 60_000  # newest member + window
     # A later event starts afresh.
@@ -153,7 +155,9 @@ def test_restart_mid_window_neither_loses_nor_double_counts(tmp_path: Path) -> N
     d.restart()
     assert d.process(make_event(1, 1_000)) == []  # a copy of a counted event
     [update] = d.process(make_event(3, 3_000))
-    assert update.id == formed.id and len(update.events) == 4
+    # The first update after a restart carries every member again (what was handed out
+    # before is not known member by member).
+    assert update.id == formed.id and len(update.events) == 4 and update.event_count == 4
     d.restart()
     d.at(63_000)
     [final] = d.tick()
@@ -168,9 +172,11 @@ def test_update_interval_coalesces_open_updates() -> None:
     assert d.process(make_event(1, 100)) == []  # owed, not lost
     d.at(1_000)
     [update] = d.tick()
-    assert update.id == formed.id and len(update.events) == 2
-    [both] = d.engine.process_many([make_event(2, 1_500), make_event(3, 2_500)])
-    assert len(both.events) == 4
+    assert update.id == formed.id and _ids(update) == [make_event(1, 100).id]
+    assert update.event_count == 2
+    [both] = d.take(d.engine.process_many([make_event(2, 1_500), make_event(3, 2_500)]))
+    assert len(both.events) == 2 and both.event_count == 4
+    assert len(d.latest[formed.id].events) == 4
 
 
 def test_set_enabled_and_reload(tmp_path: Path) -> None:
@@ -188,7 +194,7 @@ def test_set_enabled_and_reload(tmp_path: Path) -> None:
     d.engine.reload([r1.model_copy(update={"name": "People"}),
                      RuleConfig(id="r3", window_seconds=5, min_events=1)])
     by_rule = {c.rule.id: c for c in d.process(make_event(2, 200))}
-    assert by_rule["r1"].rule.name == "People" and len(by_rule["r1"].events) == 3
+    assert by_rule["r1"].rule.name == "People" and by_rule["r1"].event_count == 3
     assert len(by_rule["r3"].events) == 1
     assert set(d.engine.stats()) == {"r1", "r3"}
 
