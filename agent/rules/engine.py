@@ -316,7 +316,10 @@ class RuleEngine:
     extend forever; ``track_ttl_seconds`` is how long a rule remembers an object or sound
     (``track_id``) after its last event, so later phases of it are not counted again;
     ``update_interval_seconds`` rate-limits the open updates of one composite (formation and
-    final are never held back).
+    final are never held back). Memory is bounded by count, not by rate x window:
+    ``max_tracked_ids`` counted event ids (engine-wide; copies of them are set aside),
+    ``max_tracks`` tracks per rule, and per group at most ``max_events_per_composite``
+    members (or ``max(cap, min_events)`` candidates).
     """
 
     def __init__(
@@ -330,15 +333,16 @@ class RuleEngine:
         max_events_per_composite: int = 1000,
         track_ttl_seconds: float = 300.0,
         update_interval_seconds: float = 1.0,
-        max_tracked_ids: int = 100_000,
+        max_tracked_ids: int = 50_000,
+        max_tracks: int = 10_000,
     ) -> None:
         problems = check_unique_ids(rules) + _finite_times(rules)
         if problems:
             raise ValueError("; ".join(problems))
         if max_events_per_composite < 1:
             raise ValueError("max_events_per_composite must be at least 1")
-        if max_tracked_ids < 1:
-            raise ValueError("max_tracked_ids must be at least 1")
+        if max_tracked_ids < 1 or max_tracks < 1:
+            raise ValueError("max_tracked_ids and max_tracks must be at least 1")
         self._device = device
         self._clock = clock
         self._label_names = label_names
@@ -346,9 +350,13 @@ class RuleEngine:
         self._max_ids = max_tracked_ids
         # Trimmed back to the limit once this far over it: amortised O(1) per event.
         self._ids_slack = max(16, max_tracked_ids // 4)
+        self._max_tracks = max_tracks
+        self._tracks_slack = max(16, max_tracks // 4)
         self._track_ttl_ms = round(track_ttl_seconds * 1000)
         self._update_interval_ms = round(update_interval_seconds * 1000)
+        # Open updates held back by ``update_interval_seconds``, and when each is due.
         self._owed: dict[_Group, None] = {}
+        self._owed_due: list[tuple[int, int, _Group]] = []
         self._lock = threading.RLock()
         self._rules: dict[str, _Rule] = {}
         for config in rules:
@@ -573,8 +581,8 @@ class RuleEngine:
                     rule.repeats += 1
                     continue
                 tracks[track] = new_until
-                if len(tracks) > self._max_ids + self._ids_slack:
-                    rule.tracks = _newest(tracks, self._max_ids)
+                if len(tracks) > self._max_tracks + self._tracks_slack:
+                    rule.tracks = _newest(tracks, self._max_tracks)
                 if seq < 0:
                     seq = self._next_seq
                     self._next_seq += 1
@@ -884,19 +892,28 @@ class RuleEngine:
             self._pending_changed = True  # handed out now: the store must forget them
         out = self._pending
         out.extend(self._finals)
-        if self._owed:
-            self._opened = {**self._owed, **self._opened}
-            self._owed = {}
         now = self._now
         interval = self._update_interval_ms
+        owed, due = self._owed, self._owed_due
+        # Updates held back by the interval whose time has come; stale entries skipped.
+        while due and due[0][0] <= now:
+            _at, _n, group = heapq.heappop(due)
+            if group in owed:
+                del owed[group]
+                self._opened[group] = None
         for group in self._opened:
             rule = group.rule
             if (group.cid is None or not group.fresh or not rule.active
                     or rule.groups.get(group.key) is not group):
+                owed.pop(group, None)
                 continue
             if group.published is not None and now - group.published < interval:
-                self._owed[group] = None  # handed out by a later call
+                if group not in owed:  # handed out by a later call
+                    owed[group] = None
+                    heapq.heappush(due, (group.published + interval, next(self._counter),
+                                         group))
                 continue
+            owed.pop(group, None)
             group.published = now
             out.append(self._build(rule.ref, group, None))
         self._pending = []

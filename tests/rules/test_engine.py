@@ -221,3 +221,42 @@ def test_stats_counts() -> None:
     stats = d.engine.stats()["r1"]
     assert stats["formed"] == 1 and stats["updated"] == 1
     assert stats["open_groups"] == 1 and stats["events_in_windows"] == 3
+
+
+def test_a_copy_counts_once_whatever_its_content() -> None:
+    d = Driver([rule(window_seconds=10, min_events=1, group_by="device")], None)
+    [formed] = d.process(make_event(0, 0))
+    d.at(60_000)
+    assert [c.status for c in d.tick()] == ["final"]
+    # Same id, a minute later, another label and source: still the event already counted.
+    assert d.process(make_event(0, 60_000, label="car", source="mic-1")) == []
+    assert d.engine.stats()["r1"]["duplicates"] == 1
+    [other] = d.process(make_event(1, 60_000))
+    assert other.id != formed.id
+
+
+def test_counted_ids_are_bounded_by_max_tracked_ids() -> None:
+    d = Driver([rule(window_seconds=3600, min_events=1, group_by="device")], None,
+               max_tracked_ids=4, max_events_per_composite=10, update_interval_seconds=0)
+    for n in range(30):
+        d.process(make_event(n, n))
+    assert [c.event_count for c in d.finals()] == [10, 10, 10]
+    assert len(d.engine._seen) <= 4 + 16
+    # The newest ids are remembered; the oldest were forgotten and a copy counts again.
+    assert d.process(make_event(29, 29)) == []
+    [again] = d.process(make_event(0, 0))
+    assert again.event_count == 1
+
+
+def test_a_group_waiting_for_a_required_label_is_bounded() -> None:
+    waits = rule(window_seconds=3600, min_events=2, group_by="device",
+                 require_labels=["glass", "person"])
+    d = Driver([waits], None, max_events_per_composite=5)
+    for n in range(20):
+        assert d.process(make_event(n, n * 10)) == []
+    assert d.engine.stats()["r1"]["dropped"] == 15
+    [formed] = d.process(make_event(20, 300, label="glass", source="mic-1"))
+    # The newest candidates and the glass: five, the cap, so it is final at once.
+    assert formed.status == "final" and formed.event_count == 5
+    assert [e.id for e in formed.events][-1] == make_event(20, 300).id
+    assert d.engine.stats()["r1"]["dropped"] == 16
