@@ -460,7 +460,6 @@ class RuleEngine:
             rule = self._rules[rule_id]
             if rule.enabled == enabled:
                 return
-            self._receipt()
             self._catch_up()
             if not enabled:
                 self._reset(rule)
@@ -479,7 +478,6 @@ class RuleEngine:
             raise ValueError("; ".join(problems))
         with self._lock:
             self._check_open()
-            self._receipt()
             self._catch_up()
             self._apply(rules, restart=False)
             self._force_snapshot = True
@@ -926,7 +924,9 @@ class RuleEngine:
         return out
 
     def _receipt(self) -> None:
-        """A new call: the caller has stored what the last one handed out."""
+        """A new call that hands composites out (``process``, ``process_many``, ``tick``,
+        ``drain``) or ``close``: the caller has stored what the last one handed out. Control
+        calls (``set_enabled``, ``reload``) come from other threads and are no receipt."""
         if self._handed:
             self._handed = []
             self._pending_changed = True
@@ -1039,7 +1039,9 @@ class RuleEngine:
                     "rules state: restored %d groups from %s (%d events replayed)",
                     sum(len(r.groups) for r in self._rules.values()), store.path, len(replay),
                 )
-        self._advance_clock()
+        # What the clock has made due is closed now and owed (stored with the now that
+        # made it due): the next start must not take it as handed out.
+        self._catch_up()
         groups_before = sum(len(r.groups) for r in self._rules.values())
         self._apply(configs, restart=True)
         dropped = groups_before - sum(len(r.groups) for r in self._rules.values())
