@@ -10,14 +10,17 @@ Hot path notes: an event is routed to the rules whose static filters (label, sou
 use case) it passes through a cache keyed by those four values, and every group key except
 ``metadata.<key>`` ones is precomputed in that cache, so a rule that does not match costs
 nothing and a rule that does costs a few dictionary and list operations. Copies (same event
-id) are found through one engine-wide table of the live event ids with a bit per rule that
-counted them, so the common case (not a copy) costs one lookup per event, not per rule. An
-open composite's sources and labels are gathered when it is handed out, not per event, and
-nothing is serialised or built as a model until a composite is handed out.
+id) are found through one engine-wide table of the counted event ids (the last
+``max_tracked_ids``, whatever their time) with a bit per rule that counted them, so the
+common case (not a copy) costs one lookup per event, not per rule. An open composite's
+sources and labels are gathered when it is handed out, not per event, and nothing is
+serialised or built as a model until a composite is handed out; an open update carries only
+the members that joined since the last one (``_Group.fresh``), a final all of them.
 
 Persistence (``state.py``) stores the input: each event that changed some rule's state, once,
 with the engine's now; a restart replays the events stored since the last snapshot through
-this same code, silently (nothing it forms or closes is handed out again).
+this same code, silently (nothing it forms or closes is handed out again: what a call handed
+out stays in the file until the caller's next call, and is handed out again after a crash).
 """
 
 from __future__ import annotations
