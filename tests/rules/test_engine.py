@@ -260,3 +260,24 @@ def test_a_group_waiting_for_a_required_label_is_bounded() -> None:
     assert formed.status == "final" and formed.event_count == 5
     assert [e.id for e in formed.events][-1] == make_event(20, 300).id
     assert d.engine.stats()["r1"]["dropped"] == 16
+
+
+def test_track_memory_is_released_without_ticks_or_a_state_dir() -> None:
+    # A dry run never ticks: feeding events alone must let expired tracks go.
+    d = Driver([rule(window_seconds=10, min_events=1)], None, track_ttl_seconds=30,
+               max_tracks=1_000_000)
+    for n in range(2_000):
+        d.process(make_event(n, n * 1_000, track_id=f"t{n}", phase="new"))
+    tracks = d.engine._rules["r1"].tracks
+    # Remembered for 30 s after each track's event, collected every minute of engine time.
+    assert len(tracks) <= 30 + 60
+
+
+def test_tracks_are_bounded_by_max_tracks() -> None:
+    d = Driver([rule(window_seconds=3600, min_events=1)], None, max_tracks=20)
+    for n in range(200):
+        d.process(make_event(n, n, track_id=f"t{n}", phase="new"))
+    assert len(d.engine._rules["r1"].tracks) <= 20 + 16
+    # The most recent tracks are remembered: a later phase of one is a repeat.
+    d.process(make_event(1_000, 300, track_id="t199", phase="update"))
+    assert d.engine.stats()["r1"]["repeats"] == 1
