@@ -28,6 +28,7 @@ from __future__ import annotations
 import hashlib
 import heapq
 import itertools
+import json
 import logging
 import math
 import threading
@@ -94,6 +95,9 @@ def metadata_text(value: MetadataValue) -> str:
         return "true" if value else "false"
     return str(value)
 
+
+_PARTS = {"events", "mics", "cameras", "labels"}
+"""What a stored final leaves out: rebuilt from its members' stored events."""
 
 _COLLECT_EVERY_MS = 60_000
 """How often (engine time) calls that feed events also drop what time released."""
@@ -391,6 +395,10 @@ class RuleEngine:
         # Per commit: the events to store; snapshot bookkeeping.
         self._log: list[StoredEvent] = []
         self._pending_changed = False
+        # Finals handed out or owed, not received yet: their members' sequence numbers (kept
+        # in the state file) and whether the file holds any.
+        self._final_seqs: dict[str, list[int]] = {}
+        self._stored_finals = False
         self._force_snapshot = False
         self._events_since_snapshot = 0
         self._snapshot_min = 20_000  # events between snapshots, at least; replay replays these
@@ -737,6 +745,7 @@ class RuleEngine:
         assert group.cid is not None
         group.updated = max(group.updated, self._now)
         if not self._silent:
+            self._keep_members(group)
             self._finals.append(self._build(rule.ref, group, ended))
         self._opened.pop(group, None)
         group.members = []
@@ -748,6 +757,14 @@ class RuleEngine:
             group.cooldown_until = ended + rule.cooldown
         rule.finalized += 1
 
+    def _keep_members(self, group: _Group) -> None:
+        """Note a closing composite's members: the state file keeps them (and a compact
+        record of the final) until the caller's receipt, to hand the final out again after a
+        crash. Open updates are not kept: after a restart the next update of each open
+        composite carries every member anyway."""
+        if self._store is not None and group.cid is not None:
+            self._final_seqs[group.cid] = [it[1] for it in group.members]
+
     def _reset(self, rule: _Rule, *, restart: bool = False) -> None:
         """Finalise a rule's open composites now and forget its windows (off, changed). On a
         restart a composite whose window passed meanwhile ends when it passed."""
@@ -756,6 +773,7 @@ class RuleEngine:
             if group.cid is not None:
                 group.updated = max(group.updated, now)
                 ended = min(now, group.newest + rule.window) if restart else now
+                self._keep_members(group)
                 self._pending.append(self._build(rule.ref, group, ended))
                 self._pending_changed = True
                 self._opened.pop(group, None)
@@ -943,8 +961,16 @@ class RuleEngine:
         self._events_since_snapshot += len(log)
         pending = None
         if self._pending_changed:
-            pending = "[" + ",".join(
-                c.model_dump_json() for c in (*self._handed, *self._pending)) + "]"
+            finals = [c for c in (*self._handed, *self._pending) if c.status == "final"]
+            seqs = self._final_seqs
+            self._final_seqs = {c.id: seqs[c.id] for c in finals if c.id in seqs}
+            if finals or self._stored_finals:
+                pending = json.dumps([
+                    {"h": c.model_dump(mode="json", exclude=_PARTS),
+                     "s": pack_seqs(self._final_seqs.get(c.id, ()))}
+                    for c in finals
+                ], separators=(",", ":"))
+                self._stored_finals = bool(finals)
             self._pending_changed = False
         snapshot: dict[str, Any] | None = None
         keep: set[int] = set()
@@ -957,6 +983,8 @@ class RuleEngine:
         numbers of the stored events it refers to."""
         self._collect()
         keep: set[int] = set()
+        for members in self._final_seqs.values():  # finals not received yet
+            keep.update(members)
         groups: list[list[Any]] = []
         tracks: list[list[Any]] = []
         for rule in self._rules.values():
@@ -988,7 +1016,10 @@ class RuleEngine:
         now (as ``reload`` would, except that a rule must be enabled in them to keep its
         windows: the configuration decides at start)."""
         loaded = store.load()
-        self._pending = [CompositeEvent.model_validate(c) for c in loaded.pending]
+        decoded = {row[0]: store.decode(row) for row in loaded.rows}
+        self._pending = [c for c in (self._stored_final(d, decoded) for d in loaded.pending)
+                         if c is not None]
+        self._stored_finals = bool(self._pending)
         snap = loaded.snapshot
         configs = [r.config for r in self._rules.values()]
         if snap is not None:
@@ -1009,7 +1040,7 @@ class RuleEngine:
             events: dict[int, Event] = {}
             replay: list[tuple[int, int, Event]] = []
             for row in loaded.rows:
-                event = store.decode(row)
+                event = decoded[row[0]]
                 if row[0] >= snap["seq"]:
                     replay.append((row[0], row[1], event))
                 else:
@@ -1056,6 +1087,38 @@ class RuleEngine:
         # Start afresh from what is live now (also records the current rules).
         self._force_snapshot = True
         self._commit()
+
+    def _stored_final(self, record: dict[str, Any], events: dict[int, Event]
+                      ) -> CompositeEvent | None:
+        """A final handed out before a crash and not received, from its compact record."""
+        if "h" not in record:  # written before 0.3: the whole composite
+            return CompositeEvent.model_validate(record)
+        seqs = unpack_seqs(record["s"])
+        members = [events[s] for s in seqs if s in events]
+        if len(members) < len(seqs) or not members:
+            logger.warning("rules state: final composite %s lost %d of its %d stored "
+                           "members; handed out with the rest", record["h"].get("id"),
+                           len(seqs) - len(members), len(seqs))
+            if not members:
+                return None
+        mics: dict[str, SourceRef] = {}
+        cameras: dict[str, SourceRef] = {}
+        labels: dict[str, Label] = {}
+        for event in members:
+            source = event.source
+            if source.kind == "microphone":
+                mics.setdefault(source.id, source)
+            elif source.kind == "camera":
+                cameras.setdefault(source.id, source)
+            if event.label is not None:
+                labels.setdefault(event.label.id, event.label)
+        composite = CompositeEvent.model_validate({
+            **record["h"], "events": members, "mics": list(mics.values()),
+            "cameras": list(cameras.values()),
+            "labels": [self._label_state(label) for label in labels.values()],
+        })
+        self._final_seqs[composite.id] = seqs
+        return composite
 
     def _restore_snapshot(self, snap: dict[str, Any], events: dict[int, Event]) -> None:
         missing = 0
