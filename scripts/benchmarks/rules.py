@@ -27,6 +27,7 @@ Scale, three more measures:
   rate x window would show; reference: the RSS after the first tenth.
 
     .venv/bin/python -m scripts.benchmarks.rules [--quick] [--dry-run-events 1000000,10000000]
+        [--only throughput|bytes|dry-run|one-day]
 """
 
 from __future__ import annotations
@@ -366,6 +367,16 @@ def bytes_row(quick: bool) -> Row:
 
 def run(workdir: Path, quick: bool, dry_run_sizes: list[int] | None = None) -> list[Row]:
     """The rules section of the benchmark table."""
+    rows = throughput_rows(workdir, quick)
+    rows.append(bytes_row(quick))
+    sizes = dry_run_sizes or ([300_000] if quick else [1_000_000])
+    rows.extend(dry_run_rows(workdir, sizes))
+    rows.append(one_day_window_row(workdir, 200_000 if quick else 1_000_000))
+    return rows
+
+
+def throughput_rows(workdir: Path, quick: bool) -> list[Row]:
+    """Events/s through 50 rules, persistence on and off, and memory with full windows."""
     measured = 10_000 if quick else 40_000
     events = make_events(IN_WINDOWS + measured)
     state_dir = workdir / "rules-bench-state"
@@ -406,10 +417,6 @@ def run(workdir: Path, quick: bool, dry_run_sizes: list[int] | None = None) -> l
         note="tracemalloc; the events themselves are shared with the caller",
     ))
     shutil.rmtree(state_dir, ignore_errors=True)
-    rows.append(bytes_row(quick))
-    sizes = dry_run_sizes or ([300_000] if quick else [1_000_000])
-    rows.extend(dry_run_rows(workdir, sizes))
-    rows.append(one_day_window_row(workdir, 200_000 if quick else 1_000_000))
     return rows
 
 
@@ -419,13 +426,15 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description="the rules benchmarks alone")
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--dry-run-events", help="comma-separated sizes, e.g. 1000000,10000000")
-    parser.add_argument("--only", choices=["bytes", "dry-run", "one-day"],
+    parser.add_argument("--only", choices=["throughput", "bytes", "dry-run", "one-day"],
                         help="one of the scale measures only")
     args = parser.parse_args()
     work = Path("var")
     work.mkdir(exist_ok=True)
     sizes = [int(x) for x in args.dry_run_events.split(",")] if args.dry_run_events else None
-    if args.only == "bytes":
+    if args.only == "throughput":
+        selected = throughput_rows(work, args.quick)
+    elif args.only == "bytes":
         selected = [bytes_row(args.quick)]
     elif args.only == "dry-run":
         selected = dry_run_rows(work, sizes or [1_000_000])

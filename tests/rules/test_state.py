@@ -87,3 +87,19 @@ def test_restart_with_a_changed_rule_closes_what_was_replayed(tmp_path: Path) ->
     assert closed.ended_at is not None and to_ms(closed.ended_at) == T0_MS + 1_000
     d.restart()
     assert d.tick() == []  # handed out once
+
+
+def test_a_final_not_received_before_a_crash_is_handed_out_again(tmp_path: Path) -> None:
+    d = Driver([rule(window_seconds=10, min_events=1)], tmp_path, update_interval_seconds=0)
+    d.process(make_event(0, 0, source="mic-1"), make_event(1, 500))
+    d.at(10_500)
+    [final] = d.tick()
+    # A crash before the caller stored it: no further call, no close.
+    crashed = d.engine
+    d.engine = d._open()
+    [again] = d.engine.tick()
+    assert again.to_json() == final.to_json()  # rebuilt from the stored members
+    assert d.engine.tick() == []  # the next call was the receipt
+    d.restart()
+    assert d.tick() == []
+    crashed._store.close()  # type: ignore[union-attr]
