@@ -15,11 +15,12 @@ feeds the events stored after it. Composite ids are derived from a per-file seed
 the group and the event that formed the composite, so a composite formed again by replay
 keeps the id it was published with.
 
-Tables: ``meta(key, value)`` (``format``, ``seed``, ``now`` of the last commit, ``pending``
-composites not handed out yet, ``snapshot``); ``events(seq, now, t, started, ended, device,
-source, label, body)``: one row per stored event, times in ms, the device, source and label
-as references into ``parts`` (each distinct one stored once), the rest as the event's JSON
-without those fields (pydantic's serializer; the timestamps are what makes a full
+Tables: ``meta(key, value)`` (``format``, ``seed``, ``now`` of the last commit, ``pending``:
+final composites owed or handed out and not received yet, each as its header without the
+member lists plus its members' sequence numbers, ``snapshot``); ``events(seq, now, t, started,
+ended, device, source, label, body)``: one row per stored event, times in ms, the device,
+source and label as references into ``parts`` (each distinct one stored once), the rest as the
+event's JSON without those fields (pydantic's serializer; the timestamps are what makes a full
 ``to_json`` slow). Each engine call is one transaction. When a snapshot is written, events
 that no group refers to any more are deleted in the same transaction, so the file holds the
 live windows and the events since the last snapshot.
