@@ -335,7 +335,7 @@ def dry_run_rows(workdir: Path, sizes: list[int]) -> list[Row]:
             value=got["peak_mib"], unit="MiB",
             reference_name="the same on 100,000 events", reference_value=reference["peak_mib"],
             note=(f"{got['events_per_s']:,.0f} events/s ({got['seconds']:.0f} s), exit "
-                  f"{got['status']}; before 0.3 the dry run held every event (~3.8 KB each)"),
+                  f"{got['status']}; before 0.3 the dry run held every event in memory"),
         ))
     return rows
 
