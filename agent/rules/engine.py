@@ -1091,8 +1091,9 @@ class RuleEngine:
     def _stored_final(self, record: dict[str, Any], events: dict[int, Event]
                       ) -> CompositeEvent | None:
         """A final handed out before a crash and not received, from its compact record."""
-        if "h" not in record:  # written before 0.3: the whole composite
-            return CompositeEvent.model_validate(record)
+        if "h" not in record:  # written before 0.3: the whole composite, no event_count
+            return CompositeEvent.model_validate(
+                {"event_count": len(record.get("events") or ()), **record})
         seqs = unpack_seqs(record["s"])
         members = [events[s] for s in seqs if s in events]
         if len(members) < len(seqs) or not members:

@@ -3,6 +3,7 @@ sequence packing round-trips."""
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import uuid
 from pathlib import Path
@@ -103,3 +104,17 @@ def test_a_final_not_received_before_a_crash_is_handed_out_again(tmp_path: Path)
     d.restart()
     assert d.tick() == []
     crashed._store.close()  # type: ignore[union-attr]
+
+
+def test_a_pending_composite_written_before_0_3_is_read(tmp_path: Path) -> None:
+    d = Driver([rule(window_seconds=10, min_events=1)], tmp_path, update_interval_seconds=0)
+    [formed] = d.process(make_event(0, 0))
+    d.engine.close()
+    old = formed.model_dump(mode="json", exclude={"event_count"})  # the 0.2 payload
+    db = sqlite3.connect(tmp_path / FILE_NAME)
+    db.execute("INSERT OR REPLACE INTO meta VALUES ('pending', ?)", (json.dumps([old]),))
+    db.commit()
+    db.close()
+    d.engine = d._open()
+    [again] = d.engine.tick()
+    assert again.id == formed.id and again.event_count == 1
