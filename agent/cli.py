@@ -120,18 +120,10 @@ def cmd_models_fetch(args: argparse.Namespace) -> int:
 
 
 def cmd_rules_test(args: argparse.Namespace) -> int:
-    from agent.rules.dryrun import DryRunError, dry_run
+    from agent.rules.dryrun import run
 
     config = _load_or_exit(args.config)
-    try:
-        dry_run(config.rules, config.device.id, args.events, sys.stdout)
-    except DryRunError as exc:
-        print(f"rules test: {exc}", file=sys.stderr)
-        return 65  # EX_DATAERR
-    except OSError as exc:
-        print(f"rules test: cannot read {args.events}: {exc.strerror}", file=sys.stderr)
-        return 66  # EX_NOINPUT
-    return 0
+    return run(config.rules, config.device.id, args.events, finals_only=args.finals_only)
 
 
 def cmd_homeassistant_remove(args: argparse.Namespace) -> int:
@@ -203,6 +195,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = rules.add_parser("test", help="replay recorded events (JSON lines) through the rules")
     with_config(p)
     p.add_argument("events", type=Path, help="file with one published event JSON per line")
+    p.add_argument("--finals-only", action="store_true",
+                   help="print only the final state of each composite (no open updates)")
     p.set_defaults(func=cmd_rules_test)
     return parser
 

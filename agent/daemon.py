@@ -167,18 +167,37 @@ class Dispatcher:
             seq = self._seq[event.source.id]
             self._seq[event.source.id] += 1
         event = event.model_copy(update={"run_id": self.run_id, "seq": seq})
-        if not self._put(event_messages(event, media_on_topic), event.source.id):
+        messages = event_messages(event, media_on_topic)
+        if self.engine is None:
+            stored = self._put(messages, event.source.id)
+        else:
+            # Crash consistency with the outbox (docs/rules.md): the rules commit the event
+            # before the outbox stores it, so a kill at any instant leaves no stored event
+            # outside the rules' state; and what a rules call hands out is stored before the
+            # next call, which the engine takes as the receipt (until then a restart hands
+            # it out again).
+            with self.engine_lock:
+                composites = self._feed_rules(event)
+                stored = self._put(messages, event.source.id)
+                self._put_composites(composites)
+        if not stored:
             return
         with self._count_lock:
             self.accepted += 1
-        if self.engine is not None:
-            with self.engine_lock:
-                composites = self.engine.process(event)
-            self.emit_composites(composites)
         self._wake()
 
-    def emit_composites(self, composites: list[CompositeEvent]) -> None:
-        """Persist composite events (new, updated or final)."""
+    def _feed_rules(self, event: Event) -> list[CompositeEvent]:
+        assert self.engine is not None
+        try:
+            return self.engine.process(event)
+        except Exception as exc:  # the event itself must still reach the outbox
+            self._count("rules_error")
+            logger.error("rules: event %s from %s not counted by the rules (counted as "
+                         "rules_error): %s", event.id, event.source.id, exc)
+            return []
+
+    def _put_composites(self, composites: list[CompositeEvent]) -> None:
+        """Persist composite events (new, updated or final); call with ``engine_lock``."""
         for composite in composites:
             if self._put([composite_message(composite)], f"rule {composite.rule.id}"):
                 with self._count_lock:
@@ -191,8 +210,7 @@ class Dispatcher:
         self._store_errors.tick()
         if self.engine is not None:
             with self.engine_lock:
-                composites = self.engine.tick()
-            self.emit_composites(composites)
+                self._put_composites(self.engine.tick())
 
     def _put(self, messages: list[OutboxMessage], origin: str) -> bool:
         try:

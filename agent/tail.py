@@ -143,7 +143,8 @@ def format_message(rel: str, payload: bytes) -> str:
         return _event_line(rel[7:], data)
     if rel.startswith("composite/"):
         return (f"composite {data['rule']['id']} {data.get('status')} "
-                f"{len(data.get('events', []))} events group {data.get('group_key')} "
+                f"{data.get('event_count', len(data.get('events', [])))} events group "
+                f"{data.get('group_key')} "
                 f"id {data['id'][:8]}")
     if rel.startswith("sources/") and rel.endswith("/status"):
         detail = f" ({data['detail']})" if data.get("detail") else ""

@@ -20,6 +20,7 @@ from pydantic import (
     ConfigDict,
     Field,
     PlainSerializer,
+    WithJsonSchema,
 )
 
 from agent.inference.session import ModelRef
@@ -44,6 +45,7 @@ UtcTime = Annotated[
     datetime,
     AfterValidator(_as_utc_ms),
     PlainSerializer(_iso_ms, return_type=str, when_used="json"),
+    WithJsonSchema({"type": "string", "format": "date-time"}),
 ]
 """A UTC timestamp with millisecond precision, serialised as ``2026-01-02T03:04:05.678Z``."""
 
@@ -55,7 +57,17 @@ def _check_uuid4(value: str) -> str:
     return str(parsed)
 
 
-EventId = Annotated[str, AfterValidator(_check_uuid4)]
+_UUID4_PATTERN = "^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$"
+
+EventId = Annotated[
+    str,
+    AfterValidator(_check_uuid4),
+    WithJsonSchema({"type": "string", "format": "uuid", "pattern": _UUID4_PATTERN}),
+]
+"""A UUID v4 in its canonical lower-case form."""
+
+Name = Annotated[str, Field(min_length=1)]
+"""An id or display name: never empty."""
 
 MetadataValue = str | int | float | bool
 SourceKind = Literal["camera", "microphone", "synthetic"]
@@ -69,27 +81,30 @@ def new_event_id() -> str:
 
 
 class _Frozen(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # Every field is always emitted (nulls too), so the published JSON Schemas require
+    # every field, defaults or not.
+    model_config = ConfigDict(extra="forbid", frozen=True,
+                              json_schema_serialization_defaults_required=True)
 
 
 class LabelName(_Frozen):
     """A label's display name in the languages the product supports."""
 
-    en: str
-    ko: str
+    en: Name
+    ko: Name
 
 
 class Label(_Frozen):
     """A class a model can report: stable id (snake_case slug) and multilingual name."""
 
-    id: str
+    id: Name
     name: LabelName
 
 
 class DeviceRef(_Frozen):
     """The device that produced the event."""
 
-    id: str
+    id: Name
     site: str | None = None
     location: str | None = None
 
@@ -100,9 +115,9 @@ class SourceRef(_Frozen):
     For microphones this is the reference's microphone object: id, name, location, status.
     """
 
-    id: str
+    id: Name
     kind: SourceKind
-    name: str
+    name: Name
     location: str | None = None
     status: Literal["active", "inactive"] = "active"
 
@@ -222,7 +237,7 @@ class Event(_Frozen):
 class LabelState(_Frozen):
     """A label linked to a composite event, as in the reference."""
 
-    id: str
+    id: Name
     name: LabelName
     active: bool = True
 
@@ -230,8 +245,8 @@ class LabelState(_Frozen):
 class RuleRef(_Frozen):
     """The rule definition that produced a composite event (reference attributes first)."""
 
-    id: str
-    name: str
+    id: Name
+    name: Name
     description: str | None = None
     window_seconds: float
     min_events: int
@@ -250,14 +265,22 @@ class CompositeEvent(_Frozen):
 
     Published again with the same ``id`` while the group grows (``status: open``); final once
     ``window_seconds`` pass without a new qualifying event (``status: final``, ``ended_at``).
+    An open message's ``events`` are the members that joined since the previous message of
+    this ``id`` (all of them in the first); a final's are every member. ``event_count``,
+    ``mics``, ``cameras``, ``labels`` and ``started_at`` always describe the whole composite.
     """
 
     schema_version: Literal[1] = 1
     id: EventId = Field(default_factory=new_event_id)
-    group_key: str
+    group_key: Name
     rule: RuleRef
     device: DeviceRef
-    events: list[Event]
+    event_count: int = Field(ge=1, description="members of the whole composite so far")
+    events: list[Event] = Field(
+        min_length=1,
+        description="open: the members new since the previous message of this id; "
+                    "final: every member",
+    )
     mics: list[SourceRef] = Field(default_factory=list)
     cameras: list[SourceRef] = Field(default_factory=list)
     labels: list[LabelState] = Field(default_factory=list)

@@ -10,14 +10,17 @@ Hot path notes: an event is routed to the rules whose static filters (label, sou
 use case) it passes through a cache keyed by those four values, and every group key except
 ``metadata.<key>`` ones is precomputed in that cache, so a rule that does not match costs
 nothing and a rule that does costs a few dictionary and list operations. Copies (same event
-id) are found through one engine-wide table of the live event ids with a bit per rule that
-counted them, so the common case (not a copy) costs one lookup per event, not per rule. An
-open composite's sources and labels are gathered when it is handed out, not per event, and
-nothing is serialised or built as a model until a composite is handed out.
+id) are found through one engine-wide table of the counted event ids (the last
+``max_tracked_ids``, whatever their time) with a bit per rule that counted them, so the
+common case (not a copy) costs one lookup per event, not per rule. An open composite's
+sources and labels are gathered when it is handed out, not per event, and nothing is
+serialised or built as a model until a composite is handed out; an open update carries only
+the members that joined since the last one (``_Group.fresh``), a final all of them.
 
 Persistence (``state.py``) stores the input: each event that changed some rule's state, once,
 with the engine's now; a restart replays the events stored since the last snapshot through
-this same code, silently (nothing it forms or closes is handed out again).
+this same code, silently (nothing it forms or closes is handed out again: what a call handed
+out stays in the file until the caller's next call, and is handed out again after a crash).
 """
 
 from __future__ import annotations
@@ -25,11 +28,12 @@ from __future__ import annotations
 import hashlib
 import heapq
 import itertools
+import json
 import logging
+import math
 import threading
 import uuid
 from bisect import insort
-from collections import deque
 from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta, timezone
 from itertools import islice
@@ -52,7 +56,14 @@ from agent.events.schema import (
     new_event_id,
 )
 from agent.rules.config import RuleConfig, check_unique_ids
-from agent.rules.state import RuleStore, StoredEvent, pack_seqs, unpack_seqs
+from agent.rules.state import (
+    RuleStore,
+    StoredEvent,
+    pack_ids,
+    pack_seqs,
+    unpack_ids,
+    unpack_seqs,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -85,6 +96,41 @@ def metadata_text(value: MetadataValue) -> str:
     return str(value)
 
 
+_PARTS = {"events", "mics", "cameras", "labels"}
+"""What a stored final leaves out: rebuilt from its members' stored events."""
+
+_COLLECT_EVERY_MS = 60_000
+"""How often (engine time) calls that feed events also drop what time released."""
+
+
+def _finite_times(rules: Sequence[RuleConfig]) -> list[str]:
+    """Rules whose window or cooldown is not a finite number of seconds."""
+    return [
+        f"rule {r.id}: {name} must be a finite number of seconds (got {value})"
+        for r in rules
+        for name, value in (("window_seconds", r.window_seconds),
+                            ("cooldown_seconds", r.cooldown_seconds))
+        if not math.isfinite(value)
+    ]
+
+
+def _newest(tracks: dict[tuple[str, str], int], keep: int) -> dict[tuple[str, str], int]:
+    """The ``keep`` tracks seen most recently (largest horizon), in their order."""
+    cutoff = sorted(tracks.values())[-keep]
+    newest = {k: u for k, u in tracks.items() if u > cutoff}
+    for k, u in tracks.items():  # ties at the cutoff: the first ones kept
+        if len(newest) >= keep:
+            break
+        if u == cutoff:
+            newest[k] = u
+    return newest
+
+
+def _newest_ids(ids: dict[str, int], keep: int) -> dict[str, int]:
+    """The ``keep`` ids counted last (insertion order is counting order)."""
+    return dict(islice(ids.items(), len(ids) - keep, None))
+
+
 def _has_media_bytes(event: Event) -> bool:
     audio, images = event.audio, event.images
     if audio is None and not images:
@@ -101,6 +147,7 @@ class _Group:
         "cand",
         "cid",
         "cooldown_until",
+        "fresh",
         "key",
         "labels",
         "members",
@@ -130,6 +177,8 @@ class _Group:
             {}, {}, {})
         self.scanned = 0
         self.published: int | None = None  # engine now of the last open payload handed out
+        # Members not handed out yet: an open update carries these, not the whole list.
+        self.fresh: list[Item] = []
 
     def empty(self, now: int, window: int) -> bool:
         return self.cid is None and not self.cand and self.cooldown_until + window <= now
@@ -172,6 +221,7 @@ class _Group:
         """Add a member older than the newest (a late event), keeping the order of joining."""
         self.gather()
         insort(self.members, item)
+        self.fresh.append(item)
         self.scanned = len(self.members)
         self.join(item[2])
         if item[0] < self.started:  # a late event can start the composite earlier
@@ -204,7 +254,7 @@ class _Rule:
 
     def zero_counters(self) -> None:
         self.formed = self.updated = self.finalized = 0
-        self.late = self.duplicates = self.repeats = self.suppressed = 0
+        self.late = self.duplicates = self.repeats = self.suppressed = self.dropped = 0
 
     def configure(self, config: RuleConfig) -> None:
         self.config = config
@@ -273,7 +323,10 @@ class RuleEngine:
     extend forever; ``track_ttl_seconds`` is how long a rule remembers an object or sound
     (``track_id``) after its last event, so later phases of it are not counted again;
     ``update_interval_seconds`` rate-limits the open updates of one composite (formation and
-    final are never held back).
+    final are never held back). Memory is bounded by count, not by rate x window:
+    ``max_tracked_ids`` counted event ids (engine-wide; copies of them are set aside),
+    ``max_tracks`` tracks per rule, and per group at most ``max_events_per_composite``
+    members (or ``max(cap, min_events)`` candidates).
     """
 
     def __init__(
@@ -287,19 +340,30 @@ class RuleEngine:
         max_events_per_composite: int = 1000,
         track_ttl_seconds: float = 300.0,
         update_interval_seconds: float = 1.0,
+        max_tracked_ids: int = 50_000,
+        max_tracks: int = 10_000,
     ) -> None:
-        problems = check_unique_ids(rules)
+        problems = check_unique_ids(rules) + _finite_times(rules)
         if problems:
             raise ValueError("; ".join(problems))
         if max_events_per_composite < 1:
             raise ValueError("max_events_per_composite must be at least 1")
+        if max_tracked_ids < 1 or max_tracks < 1:
+            raise ValueError("max_tracked_ids and max_tracks must be at least 1")
         self._device = device
         self._clock = clock
         self._label_names = label_names
         self._cap = max_events_per_composite
+        self._max_ids = max_tracked_ids
+        # Trimmed back to the limit once this far over it: amortised O(1) per event.
+        self._ids_slack = max(16, max_tracked_ids // 4)
+        self._max_tracks = max_tracks
+        self._tracks_slack = max(16, max_tracks // 4)
         self._track_ttl_ms = round(track_ttl_seconds * 1000)
         self._update_interval_ms = round(update_interval_seconds * 1000)
+        # Open updates held back by ``update_interval_seconds``, and when each is due.
         self._owed: dict[_Group, None] = {}
+        self._owed_due: list[tuple[int, int, _Group]] = []
         self._lock = threading.RLock()
         self._rules: dict[str, _Rule] = {}
         for config in rules:
@@ -310,21 +374,31 @@ class RuleEngine:
         self._counter = itertools.count()
         self._now = 0
         self._next_seq = 0
-        # Live event ids: id -> [bits of the rules that counted it, newest time, seq]; and
-        # the order they came in, to forget them once outside every window.
-        self._seen: dict[str, list[int]] = {}
-        self._seen_order: deque[tuple[int, str]] = deque()
+        # Counted event ids, oldest first: id -> bits of the rules that counted it. Bounded
+        # by count (``max_tracked_ids``), not time: a copy with a later timestamp is still a
+        # copy, whenever it comes.
+        self._seen: dict[str, int] = {}
         self._max_window = 0
+        # Engine now at which memory that time has released is next collected (``tick``
+        # does it too; a dry run never ticks).
+        self._next_collect = 0
         self._rules_changed()
         # Per call: composites finalised (in order) and composites left open, by id.
         self._finals: list[CompositeEvent] = []
         self._opened: dict[_Group, None] = {}
         self._pending: list[CompositeEvent] = []
+        # What the last call handed out: kept in the state file until the next call (the
+        # caller's receipt) or ``close``, so a crash before the caller stored it repeats it.
+        self._handed: list[CompositeEvent] = []
         # Replaying stored events: rebuild state, hand nothing out, store nothing.
         self._silent = False
         # Per commit: the events to store; snapshot bookkeeping.
         self._log: list[StoredEvent] = []
         self._pending_changed = False
+        # Finals handed out or owed, not received yet: their members' sequence numbers (kept
+        # in the state file) and whether the file holds any.
+        self._final_seqs: dict[str, list[int]] = {}
+        self._stored_finals = False
         self._force_snapshot = False
         self._events_since_snapshot = 0
         self._snapshot_min = 20_000  # events between snapshots, at least; replay replays these
@@ -350,17 +424,37 @@ class RuleEngine:
         """
         with self._lock:
             self._check_open()
+            self._receipt()
             self._advance_clock()
             self._finalize_due(self._now)
             one = self._one
             for event in events:
                 one(event)
+            if self._now >= self._next_collect:
+                self._collect()
+            return self._finish()
+
+    def drain(self) -> list[CompositeEvent]:
+        """Let time run until every open composite is final, each at its own moment
+        (``ended_at`` and ``updated_at`` = newest member + window), as if no event came
+        again. For the end of a dry run; the engine's now ends at the last of them."""
+        with self._lock:
+            self._check_open()
+            self._receipt()
+            self._advance_clock()
+            deadlines = self._deadlines
+            while deadlines:
+                if deadlines[0][0] > self._now:
+                    self._now = deadlines[0][0]
+                self._finalize_due(self._now)
+            self._collect()
             return self._finish()
 
     def tick(self) -> list[CompositeEvent]:
         """Finalise composites whose window has passed by the clock; the daemon calls ~1/s."""
         with self._lock:
             self._check_open()
+            self._receipt()
             self._advance_clock()
             self._finalize_due(self._now)
             self._collect()
@@ -426,14 +520,21 @@ class RuleEngine:
                     "duplicates": rule.duplicates,
                     "repeats": rule.repeats,
                     "suppressed": rule.suppressed,
+                    "dropped": rule.dropped,
                 }
             return out
 
     def close(self) -> None:
-        """Release the state file; the engine cannot be used afterwards. Idempotent."""
+        """Release the state file; the engine cannot be used afterwards. Idempotent.
+
+        Closing is the caller's receipt for what the last call handed out (see
+        ``_receipt``): call it after storing that, not instead."""
         with self._lock:
             if self._closed:
                 return
+            if self._store is not None and self._handed:
+                self._receipt()
+                self._commit()
             self._closed = True
             if self._store is not None:
                 self._store.close()
@@ -458,7 +559,7 @@ class RuleEngine:
         if not route:
             return
         event_id = event.id
-        seen = self._seen.get(event_id)
+        seen = self._seen.get(event_id, 0)
         track = (source.id, event.track_id) if event.track_id is not None else None
         item: Item | None = None
         seq = -1  # allocated when the event first changes some rule's state
@@ -473,7 +574,7 @@ class RuleEngine:
             if t + window <= now:
                 rule.late += 1
                 continue
-            if seen is not None and seen[0] & bit and seen[1] + window > now:
+            if seen & bit:
                 rule.duplicates += 1
                 continue
             if track is not None:
@@ -489,6 +590,8 @@ class RuleEngine:
                     rule.repeats += 1
                     continue
                 tracks[track] = new_until
+                if len(tracks) > self._max_tracks + self._tracks_slack:
+                    rule.tracks = _newest(tracks, self._max_tracks)
                 if seq < 0:
                     seq = self._next_seq
                     self._next_seq += 1
@@ -509,6 +612,7 @@ class RuleEngine:
                 members = group.members
                 if t >= group.newest:
                     members.append(item)  # in order: the common case
+                    group.fresh.append(item)
                     group.newest = t
                 else:
                     group.insert_late(item)
@@ -526,6 +630,8 @@ class RuleEngine:
                 group.labels[label.id] = group.labels.get(label.id, 0) + 1
             if cand[0][0] + window <= now:
                 self._prune(rule, group, now)
+            if len(cand) > cap and len(cand) > rule.min_events:
+                self._overflow(rule, group)
             if len(cand) >= rule.min_events and (
                 required is None or all(group.labels.get(r) for r in required)
             ):
@@ -533,15 +639,13 @@ class RuleEngine:
         if seq < 0:
             return
         if item is not None:
-            if seen is None:
-                self._seen[event_id] = [mask, t, seq]
-                self._seen_order.append((t, event_id))
-            else:  # a copy counted by rules that had not counted the original
-                seen[0] |= mask
-                seen[2] = seq
-                if t > seen[1]:
-                    seen[1] = t
-                    self._seen_order.append((t, event_id))
+            ids = self._seen
+            if seen:  # a copy counted by rules that had not counted the original
+                ids[event_id] = seen | mask
+            else:
+                ids[event_id] = mask
+                if len(ids) > self._max_ids + self._ids_slack:
+                    self._seen = _newest_ids(ids, self._max_ids)
         if not self._silent:
             stored = item[2] if item is not None else (
                 event.without_media() if _has_media_bytes(event) else event)
@@ -575,8 +679,25 @@ class RuleEngine:
                 else:
                     del group.labels[event.label.id]
 
+    def _overflow(self, rule: _Rule, group: _Group) -> None:
+        """Drop the oldest candidates beyond ``max(max_events_per_composite, min_events)``:
+        only a group waiting for a ``require_labels`` label gets there, and without this
+        bound it would hold every event of its window."""
+        cand = group.cand
+        limit = max(self._cap, rule.min_events)
+        while len(cand) > limit:
+            _t, _seq, event = heapq.heappop(cand)
+            rule.dropped += 1
+            if rule.required is not None and event.label is not None:
+                left = group.labels[event.label.id] - 1
+                if left:
+                    group.labels[event.label.id] = left
+                else:
+                    del group.labels[event.label.id]
+
     def _form(self, rule: _Rule, group: _Group, now: int, seq: int) -> None:
         group.members = sorted(group.cand)
+        group.fresh = list(group.members)
         group.cand = []
         group.labels = {}
         group.parts = ({}, {}, {})
@@ -624,15 +745,25 @@ class RuleEngine:
         assert group.cid is not None
         group.updated = max(group.updated, self._now)
         if not self._silent:
+            self._keep_members(group)
             self._finals.append(self._build(rule.ref, group, ended))
         self._opened.pop(group, None)
         group.members = []
+        group.fresh = []
         group.parts = ({}, {}, {})
         group.scanned = 0
         group.cid = None
         if rule.cooldown > 0:
             group.cooldown_until = ended + rule.cooldown
         rule.finalized += 1
+
+    def _keep_members(self, group: _Group) -> None:
+        """Note a closing composite's members: the state file keeps them (and a compact
+        record of the final) until the caller's receipt, to hand the final out again after a
+        crash. Open updates are not kept: after a restart the next update of each open
+        composite carries every member anyway."""
+        if self._store is not None and group.cid is not None:
+            self._final_seqs[group.cid] = [it[1] for it in group.members]
 
     def _reset(self, rule: _Rule, *, restart: bool = False) -> None:
         """Finalise a rule's open composites now and forget its windows (off, changed). On a
@@ -642,6 +773,7 @@ class RuleEngine:
             if group.cid is not None:
                 group.updated = max(group.updated, now)
                 ended = min(now, group.newest + rule.window) if restart else now
+                self._keep_members(group)
                 self._pending.append(self._build(rule.ref, group, ended))
                 self._pending_changed = True
                 self._opened.pop(group, None)
@@ -649,13 +781,22 @@ class RuleEngine:
         rule.groups = {}
         rule.tracks = {}
         keep = ~rule.bit
-        for entry in self._seen.values():
-            entry[0] &= keep
+        self._seen = {k: m & keep for k, m in self._seen.items() if m & keep}
 
     def _build(self, ref: RuleRef, group: _Group, ended: int | None) -> CompositeEvent:
+        """The payload: a final carries every member; an open update the members that joined
+        since the last one handed out (``fresh``), with the whole composite's count, sources
+        and labels."""
         assert group.cid is not None
         group.gather()
         mics, cameras, labels = group.parts
+        if ended is None:
+            fresh = group.fresh
+            fresh.sort()  # late events join out of order
+            events = [it[2] for it in fresh]
+            group.fresh = []
+        else:
+            events = [it[2] for it in group.members]
         # Built without re-validating: every part is already a validated model.
         return CompositeEvent.model_construct(
             schema_version=1,
@@ -663,7 +804,8 @@ class RuleEngine:
             group_key=group.key,
             rule=ref,
             device=self._device,
-            events=[it[2] for it in group.members],
+            event_count=len(group.members),
+            events=events,
             mics=list(mics.values()),
             cameras=list(cameras.values()),
             labels=[self._label_state(label) for label in labels.values()],
@@ -682,11 +824,12 @@ class RuleEngine:
         return state
 
     def _collect(self) -> None:
-        """Drop what has left every window: candidates, idle groups, tracks, live ids.
+        """Drop what has left every window: candidates, idle groups, tracks.
 
         Groups with a fixed key stay (the routes refer to them; there are no more of them
         than routes); ``metadata.<key>`` groups, as many as values seen, are dropped."""
         now = self._now
+        self._next_collect = now + _COLLECT_EVERY_MS
         for rule in self._rules.values():
             window = rule.window
             empty = []
@@ -700,16 +843,6 @@ class RuleEngine:
                 del rule.groups[key]
             if rule.tracks:
                 rule.tracks = {k: u for k, u in rule.tracks.items() if u > now}
-        self._forget_ids()
-
-    def _forget_ids(self) -> None:
-        """Drop live ids outside every window: a copy of one is late for every rule."""
-        order, seen, horizon = self._seen_order, self._seen, self._now - self._max_window
-        while order and order[0][0] <= horizon:
-            _t, event_id = order.popleft()
-            entry = seen.get(event_id)
-            if entry is not None and entry[1] <= horizon:
-                del seen[event_id]
 
     # ---------------------------------------------------------------------- bookkeeping
 
@@ -778,26 +911,46 @@ class RuleEngine:
             self._pending_changed = True  # handed out now: the store must forget them
         out = self._pending
         out.extend(self._finals)
-        if self._owed:
-            self._opened = {**self._owed, **self._opened}
-            self._owed = {}
         now = self._now
         interval = self._update_interval_ms
+        owed, due = self._owed, self._owed_due
+        # Updates held back by the interval whose time has come; stale entries skipped.
+        while due and due[0][0] <= now:
+            _at, _n, group = heapq.heappop(due)
+            if group in owed:
+                del owed[group]
+                self._opened[group] = None
         for group in self._opened:
             rule = group.rule
-            if group.cid is None or not rule.active or rule.groups.get(group.key) is not group:
+            if (group.cid is None or not group.fresh or not rule.active
+                    or rule.groups.get(group.key) is not group):
+                owed.pop(group, None)
                 continue
             if group.published is not None and now - group.published < interval:
-                self._owed[group] = None  # handed out by a later call
+                if group not in owed:  # handed out by a later call
+                    owed[group] = None
+                    heapq.heappush(due, (group.published + interval, next(self._counter),
+                                         group))
                 continue
+            owed.pop(group, None)
             group.published = now
             out.append(self._build(rule.ref, group, None))
         self._pending = []
         self._finals = []
         self._opened = {}
-        self._forget_ids()
+        if out:
+            self._handed = out
+            self._pending_changed = True
         self._commit()
         return out
+
+    def _receipt(self) -> None:
+        """A new call that hands composites out (``process``, ``process_many``, ``tick``,
+        ``drain``) or ``close``: the caller has stored what the last one handed out. Control
+        calls (``set_enabled``, ``reload``) come from other threads and are no receipt."""
+        if self._handed:
+            self._handed = []
+            self._pending_changed = True
 
     def _commit(self) -> None:
         store = self._store
@@ -808,7 +961,16 @@ class RuleEngine:
         self._events_since_snapshot += len(log)
         pending = None
         if self._pending_changed:
-            pending = [c.model_dump(mode="json") for c in self._pending]
+            finals = [c for c in (*self._handed, *self._pending) if c.status == "final"]
+            seqs = self._final_seqs
+            self._final_seqs = {c.id: seqs[c.id] for c in finals if c.id in seqs}
+            if finals or self._stored_finals:
+                pending = json.dumps([
+                    {"h": c.model_dump(mode="json", exclude=_PARTS),
+                     "s": pack_seqs(self._final_seqs.get(c.id, ()))}
+                    for c in finals
+                ], separators=(",", ":"))
+                self._stored_finals = bool(finals)
             self._pending_changed = False
         snapshot: dict[str, Any] | None = None
         keep: set[int] = set()
@@ -821,6 +983,8 @@ class RuleEngine:
         numbers of the stored events it refers to."""
         self._collect()
         keep: set[int] = set()
+        for members in self._final_seqs.values():  # finals not received yet
+            keep.update(members)
         groups: list[list[Any]] = []
         tracks: list[list[Any]] = []
         for rule in self._rules.values():
@@ -831,15 +995,12 @@ class RuleEngine:
                 keep.update(it[1] for it in group.cand)
                 groups.append([rule.id, group.key, group.dump()])
             tracks.extend([rule.id, s, k, u] for (s, k), u in rule.tracks.items())
-        entries = list(self._seen.values())
-        keep.update(e[2] for e in entries)
         state = {
             "now": self._now,
             "seq": self._next_seq,
             "g": groups,
             "t": tracks,
-            "ids": [pack_seqs([e[2] for e in entries]), pack_seqs([e[1] for e in entries]),
-                    [e[0] for e in entries]],
+            "ids": {"u": pack_ids(self._seen), "m": list(self._seen.values())},
             "rules": {
                 r.id: {"fp": r.fingerprint, "bit": r.bit, "ref": r.ref.model_dump(mode="json")}
                 for r in self._rules.values()
@@ -855,7 +1016,10 @@ class RuleEngine:
         now (as ``reload`` would, except that a rule must be enabled in them to keep its
         windows: the configuration decides at start)."""
         loaded = store.load()
-        self._pending = [CompositeEvent.model_validate(c) for c in loaded.pending]
+        decoded = {row[0]: store.decode(row) for row in loaded.rows}
+        self._pending = [c for c in (self._stored_final(d, decoded) for d in loaded.pending)
+                         if c is not None]
+        self._stored_finals = bool(self._pending)
         snap = loaded.snapshot
         configs = [r.config for r in self._rules.values()]
         if snap is not None:
@@ -876,7 +1040,7 @@ class RuleEngine:
             events: dict[int, Event] = {}
             replay: list[tuple[int, int, Event]] = []
             for row in loaded.rows:
-                event = store.decode(row)
+                event = decoded[row[0]]
                 if row[0] >= snap["seq"]:
                     replay.append((row[0], row[1], event))
                 else:
@@ -895,6 +1059,11 @@ class RuleEngine:
                 self._finalize_due(self._now)
             finally:
                 self._silent = False
+            # What was handed out before the restart is not known member by member: the
+            # next update of each open composite carries all its members again.
+            for rule in self._rules.values():
+                for group in rule.groups.values():
+                    group.fresh = list(group.members)
             self._opened = {}
             self._finals = []
             for rule in self._rules.values():
@@ -904,7 +1073,9 @@ class RuleEngine:
                     "rules state: restored %d groups from %s (%d events replayed)",
                     sum(len(r.groups) for r in self._rules.values()), store.path, len(replay),
                 )
-        self._advance_clock()
+        # What the clock has made due is closed now and owed (stored with the now that
+        # made it due): the next start must not take it as handed out.
+        self._catch_up()
         groups_before = sum(len(r.groups) for r in self._rules.values())
         self._apply(configs, restart=True)
         dropped = groups_before - sum(len(r.groups) for r in self._rules.values())
@@ -916,6 +1087,39 @@ class RuleEngine:
         # Start afresh from what is live now (also records the current rules).
         self._force_snapshot = True
         self._commit()
+
+    def _stored_final(self, record: dict[str, Any], events: dict[int, Event]
+                      ) -> CompositeEvent | None:
+        """A final handed out before a crash and not received, from its compact record."""
+        if "h" not in record:  # written before 0.3: the whole composite, no event_count
+            return CompositeEvent.model_validate(
+                {"event_count": len(record.get("events") or ()), **record})
+        seqs = unpack_seqs(record["s"])
+        members = [events[s] for s in seqs if s in events]
+        if len(members) < len(seqs) or not members:
+            logger.warning("rules state: final composite %s lost %d of its %d stored "
+                           "members; handed out with the rest", record["h"].get("id"),
+                           len(seqs) - len(members), len(seqs))
+            if not members:
+                return None
+        mics: dict[str, SourceRef] = {}
+        cameras: dict[str, SourceRef] = {}
+        labels: dict[str, Label] = {}
+        for event in members:
+            source = event.source
+            if source.kind == "microphone":
+                mics.setdefault(source.id, source)
+            elif source.kind == "camera":
+                cameras.setdefault(source.id, source)
+            if event.label is not None:
+                labels.setdefault(event.label.id, event.label)
+        composite = CompositeEvent.model_validate({
+            **record["h"], "events": members, "mics": list(mics.values()),
+            "cameras": list(cameras.values()),
+            "labels": [self._label_state(label) for label in labels.values()],
+        })
+        self._final_seqs[composite.id] = seqs
+        return composite
 
     def _restore_snapshot(self, snap: dict[str, Any], events: dict[int, Event]) -> None:
         missing = 0
@@ -959,14 +1163,17 @@ class RuleEngine:
             rule = self._rules.get(rule_id)
             if rule is not None:
                 rule.tracks[(source_id, track_id)] = until
-        seqs, times, masks = snap["ids"]
-        for seq, t, mask in zip(unpack_seqs(seqs), unpack_seqs(times), masks, strict=True):
-            event = events.get(seq)
-            if event is None:
-                missing += 1
-                continue
-            self._seen[event.id] = [mask, t, seq]
-            self._seen_order.append((t, event.id))
+        ids = snap["ids"]
+        if isinstance(ids, dict):
+            self._seen = dict(zip(unpack_ids(ids["u"]), ids["m"], strict=True))
+        else:  # written before 0.3: [seqs of stored events, times, masks]
+            seqs, _times, masks = ids
+            for seq, mask in zip(unpack_seqs(seqs), masks, strict=True):
+                event = events.get(seq)
+                if event is None:
+                    missing += 1
+                else:
+                    self._seen[event.id] = mask
         if missing:
             logger.warning("rules state: %d stored events are missing; they are left out",
                            missing)

@@ -15,11 +15,12 @@ feeds the events stored after it. Composite ids are derived from a per-file seed
 the group and the event that formed the composite, so a composite formed again by replay
 keeps the id it was published with.
 
-Tables: ``meta(key, value)`` (``format``, ``seed``, ``now`` of the last commit, ``pending``
-composites not handed out yet, ``snapshot``); ``events(seq, now, t, started, ended, device,
-source, label, body)``: one row per stored event, times in ms, the device, source and label
-as references into ``parts`` (each distinct one stored once), the rest as the event's JSON
-without those fields (pydantic's serializer; the timestamps are what makes a full
+Tables: ``meta(key, value)`` (``format``, ``seed``, ``now`` of the last commit, ``pending``:
+final composites owed or handed out and not received yet, each as its header without the
+member lists plus its members' sequence numbers, ``snapshot``); ``events(seq, now, t, started,
+ended, device, source, label, body)``: one row per stored event, times in ms, the device,
+source and label as references into ``parts`` (each distinct one stored once), the rest as the
+event's JSON without those fields (pydantic's serializer; the timestamps are what makes a full
 ``to_json`` slow). Each engine call is one transaction. When a snapshot is written, events
 that no group refers to any more are deleted in the same transaction, so the file holds the
 live windows and the events since the last snapshot.
@@ -37,6 +38,7 @@ import json
 import logging
 import sqlite3
 import sys
+import uuid
 from array import array
 from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -80,6 +82,17 @@ def unpack_seqs(text: str) -> list[int]:
     if sys.byteorder != "little":
         packed.byteswap()
     return packed.tolist()
+
+
+def pack_ids(ids: Iterable[str]) -> str:
+    """Event ids (UUID strings) as base64 of their 16 bytes each."""
+    return base64.b64encode(b"".join(uuid.UUID(i).bytes for i in ids)).decode("ascii")
+
+
+def unpack_ids(text: str) -> list[str]:
+    """The inverse of ``pack_ids`` (ids come back in their canonical form)."""
+    raw = base64.b64decode(text)
+    return [str(uuid.UUID(bytes=raw[i:i + 16])) for i in range(0, len(raw), 16)]
 
 
 def _utc(ms: int | None) -> datetime | None:
@@ -227,13 +240,13 @@ class RuleStore:
         events: Sequence[StoredEvent],
         now: int,
         *,
-        pending: list[dict[str, Any]] | None = None,
+        pending: str | None = None,
         snapshot: dict[str, Any] | None = None,
         keep: Collection[int] = (),
     ) -> None:
-        """Store ``events`` and ``now`` in one transaction; ``pending`` (when given) replaces
-        the composites owed; a ``snapshot`` replaces the last one, and then every stored event
-        not in ``keep`` is deleted."""
+        """Store ``events`` and ``now`` in one transaction; ``pending`` (a JSON array, when
+        given) replaces the composites owed or not yet received; a ``snapshot`` replaces the
+        last one, and then every stored event not in ``keep`` is deleted."""
         if not events and snapshot is None and pending is None and now == self._written_now:
             return
         rows = [self._encode(e) for e in events]
@@ -247,8 +260,7 @@ class RuleStore:
             if now != self._written_now:
                 db.execute("INSERT OR REPLACE INTO meta VALUES ('now', ?)", (str(now),))
             if pending is not None:
-                db.execute("INSERT OR REPLACE INTO meta VALUES ('pending', ?)",
-                           (json.dumps(pending, separators=(",", ":")),))
+                db.execute("INSERT OR REPLACE INTO meta VALUES ('pending', ?)", (pending,))
             if snapshot is not None:
                 db.execute("INSERT OR REPLACE INTO meta VALUES ('snapshot', ?)",
                            (json.dumps(snapshot, separators=(",", ":")),))
@@ -293,6 +305,8 @@ __all__ = [
     "LoadedState",
     "RuleStore",
     "StoredEvent",
+    "pack_ids",
     "pack_seqs",
+    "unpack_ids",
     "unpack_seqs",
 ]

@@ -13,20 +13,53 @@ The reference is the least work any engine must do: a plain loop that appends ea
 a deque in a dict per rule and drops the oldest (50 dicts of deques), timed in the same run.
 Composite events are built as models (``model_construct``) but not serialised to JSON: that
 is the outbox's cost.
+
+Scale, three more measures:
+
+- **bytes sent for one composite that grows to 1,000 members**, one open message per new
+  member (the daemon's case for a rule that keeps matching, at most one a second), then the
+  final. Reference: the same messages in the form before 0.3, where every open message
+  carried the whole member list (built here by ``full_list_bytes``).
+- **``rules test`` peak RSS** on recordings of 1M events (10M with ``--dry-run-events``),
+  fed through a pipe so no file is written; reference: the same command on 100k events.
+- **memory of a dry run with one-day windows** (``window_seconds: 86400``), sampled every
+  tenth of 1M events: everything stays inside the windows, so memory that grew with
+  rate x window would show; reference: the RSS after the first tenth.
+
+    .venv/bin/python -m scripts.benchmarks.rules [--quick] [--dry-run-events 1000000,10000000]
+        [--only throughput|bytes|dry-run|one-day]
 """
 
 from __future__ import annotations
 
 import gc
+import json
+import os
 import shutil
+import subprocess
+import sys
 import time
 import tracemalloc
+import uuid
 from collections import deque
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
+from typing import Any
+
+import psutil
+import yaml
 
 from agent.clock import ManualClock
-from agent.events.schema import DeviceRef, Event, Label, LabelName, SourceRef
+from agent.events.schema import (
+    CompositeEvent,
+    DeviceRef,
+    Event,
+    Label,
+    LabelName,
+    Media,
+    SoundInfo,
+    SourceRef,
+)
 from agent.rules.config import GROUP_BY_FIXED, RuleConfig
 from agent.rules.engine import RuleEngine
 from scripts.benchmarks import Row
@@ -168,8 +201,182 @@ def measure_memory(rules: list[RuleConfig], events: list[Event]) -> tuple[float,
     return held / 2**20, reference / 2**20
 
 
-def run(workdir: Path, quick: bool) -> list[Row]:
+# ------------------------------------------------------------------ bytes per composite
+
+def _sound(n: int) -> Event:
+    """A realistic sound event (label, levels, a clip by reference): about 0.9 KB of JSON."""
+    return Event(
+        kind="sound", use_case="default", timestamp=_T0 + timedelta(seconds=5 * n),
+        device=_DEVICE, source=_SOURCES[2], label=_LABELS[0], phase="new",
+        track_id=f"snd-{n}", run_id="0123456789ab", seq=n,
+        sound=SoundInfo(confidence=0.81, confidence_threshold=0.5, sound_level=-23.5,
+                        sound_level_threshold=-50.0),
+        audio=Media(role="clip", content_type="audio/wav", bytes=96_044, sha256="ab" * 32,
+                    topic=f"edge-agent/bench/media/mic-1/{uuid.uuid4()}/clip",
+                    duration_s=3.0, sample_rate=16_000),
+    )
+
+
+def full_list_bytes(messages: list[CompositeEvent]) -> int:
+    """The bytes the same messages took when every open one carried the whole member list
+    (before 0.3): each rebuilt from the updates so far, as a consumer would."""
+    members: dict[str, Event] = {}
+    total = 0
+    for message in messages:
+        for event in message.events:
+            members.setdefault(event.id, event)
+        whole = sorted(members.values(), key=lambda e: e.timestamp)
+        total += len(message.model_copy(update={"events": whole}).to_json())
+    return total
+
+
+def measure_composite_bytes(members: int) -> tuple[int, int, int, int]:
+    """(bytes now, bytes in the full-list form, messages, largest message) for one composite
+    that grows to ``members`` base events, one open message per member, then final."""
+    rule = RuleConfig(id="keeps-matching", window_seconds=60, min_events=1)
+    clock = ManualClock(start=_T0.timestamp())
+    engine = RuleEngine([rule], _DEVICE, clock, None, max_events_per_composite=members)
+    messages: list[CompositeEvent] = []
+    for n in range(members):
+        messages.extend(engine.process(_sound(n)))  # 5 s apart: past the update interval
+    engine.close()
+    assert messages[-1].status == "final" and messages[-1].event_count == members
+    sizes = [len(m.to_json()) for m in messages]
+    return sum(sizes), full_list_bytes(messages), len(messages), max(sizes)
+
+
+# ------------------------------------------------------------- dry runs through a pipe
+
+_LABEL_JSON = [json.dumps(label.model_dump(mode="json"), ensure_ascii=False)
+               for label in _LABELS]
+_SOURCE_JSON = [json.dumps(source.model_dump(mode="json")) for source in _SOURCES]
+
+
+def _line(n: int, step_ms: int) -> str:
+    """Event number ``n`` as the agent publishes it: half of them carry a track of their own
+    (lifecycle memory), zones for ``metadata.zone`` rules, event times ``step_ms`` apart."""
+    at = datetime.fromtimestamp(1_767_225_600 + n * step_ms / 1000, tz=timezone.utc)
+    stamp = at.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    mic = n % 4 >= 2
+    track = f'"phase":"new","track_id":"t{n}",' if n % 2 else '"phase":null,"track_id":null,'
+    return (
+        f'{{"schema_version":1,"id":"{uuid.UUID(int=n, version=4)}",'
+        f'"kind":"{"sound" if mic else "object"}","use_case":"default","timestamp":"{stamp}",'
+        f'"device":{{"id":"bench","site":null,"location":null}},"source":{_SOURCE_JSON[n % 4]},'
+        f'"model":null,"run_id":"0123456789ab","seq":{n},{track}'
+        f'"started_at":null,"ended_at":null,"label":{_LABEL_JSON[(n * 7) % 8]},'
+        f'"predictions":[],"object":null,"sound":null,"images":[],"audio":null,'
+        f'"metadata":{{"zone":"z{n % 5}"}}}}\n'
+    )
+
+
+def dry_run_rules(window_s: float) -> list[dict[str, Any]]:
+    """Ten rules over every grouping strategy, one waiting for a second label."""
+    strategies = [*GROUP_BY_FIXED, "metadata.zone"]
+    rules: list[dict[str, Any]] = [
+        {"id": f"r{i}", "window_seconds": window_s, "min_events": 2 + i % 4,
+         "group_by": strategies[i % len(strategies)]}
+        for i in range(9)
+    ]
+    rules.append({"id": "needs-both", "window_seconds": window_s, "min_events": 2,
+                  "group_by": "device", "include_label_ids": ["label_0", "label_7"],
+                  "require_labels": ["label_0", "label_7"]})
+    return rules
+
+
+def measure_dry_run(workdir: Path, events: int, window_s: float, step_ms: int,
+                    samples: int = 10) -> dict[str, Any]:
+    """``python -m agent.rules.dryrun --finals-only`` fed ``events`` lines through a pipe:
+    peak RSS (MiB, from wait4), RSS every ``events / samples`` lines, events/s, exit status."""
+    config = workdir / f"dry-run-{window_s:g}.yaml"
+    config.write_text(yaml.safe_dump({"device": {"id": "bench"},
+                                      "rules": dry_run_rules(window_s)}), encoding="utf-8")
+    repo = Path(__file__).resolve().parent.parent.parent
+    log = workdir / "dry-run.stderr"
+    with log.open("wb") as err:  # a file: a pipe nobody reads would fill and stall it
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "agent.rules.dryrun", "-c", str(config), "--finals-only",
+             "/dev/stdin"],
+            cwd=repo, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=err,
+        )
+    assert proc.stdin is not None
+    child = psutil.Process(proc.pid)
+    every = max(1, events // samples)
+    rss: list[float] = []
+    began = time.perf_counter()
+    chunk: list[str] = []
+    for n in range(events):
+        chunk.append(_line(n, step_ms))
+        if len(chunk) == 1000:
+            proc.stdin.write("".join(chunk).encode())
+            chunk = []
+        if (n + 1) % every == 0:
+            proc.stdin.flush()
+            rss.append(child.memory_info().rss / 2**20)
+    proc.stdin.write("".join(chunk).encode())
+    proc.stdin.close()
+    _pid, status, usage = os.wait4(proc.pid, 0)
+    summary = log.read_text(errors="replace").strip().splitlines()
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    seconds = time.perf_counter() - began
+    return {"events": events, "peak_mib": usage.ru_maxrss / 1024, "rss_mib": rss,
+            "events_per_s": events / seconds, "seconds": seconds,
+            "status": proc.returncode, "summary": summary[-1] if summary else ""}
+
+
+def dry_run_rows(workdir: Path, sizes: list[int]) -> list[Row]:
+    """Peak RSS of ``rules test`` at each size beside the same run on 100k events."""
+    reference = measure_dry_run(workdir, 100_000, 300.0, 10)
+    rows = []
+    for size in sizes:
+        got = measure_dry_run(workdir, size, 300.0, 10)
+        rows.append(Row(
+            section=SECTION, name=f"rules test peak RSS, {size:,} events, 10 rules, 300 s",
+            value=got["peak_mib"], unit="MiB",
+            reference_name="the same on 100,000 events", reference_value=reference["peak_mib"],
+            note=(f"{got['events_per_s']:,.0f} events/s ({got['seconds']:.0f} s), exit "
+                  f"{got['status']}; before 0.3 the dry run held every event in memory"),
+        ))
+    return rows
+
+
+def one_day_window_row(workdir: Path, events: int) -> Row:
+    """RSS of a dry run whose windows (86,400 s) hold every event of the recording."""
+    got = measure_dry_run(workdir, events, 86_400.0, 10)
+    first, last = got["rss_mib"][0], got["rss_mib"][-1]
+    return Row(
+        section=SECTION, name=f"memory over {events:,} events, 86,400 s windows, 10 rules",
+        value=last, unit="MiB RSS", reference_name=f"after the first {events // 10:,}",
+        reference_value=first,
+        note=("RSS every tenth: " + ", ".join(f"{x:.0f}" for x in got["rss_mib"])
+              + f"; {got['events_per_s']:,.0f} events/s; every event inside the windows"),
+    )
+
+
+def bytes_row(quick: bool) -> Row:
+    members = 300 if quick else 1000
+    now, before, count, largest = measure_composite_bytes(members)
+    return Row(
+        section=SECTION, name=f"bytes sent for a composite growing to {members:,} members",
+        value=now / 2**20, unit="MiB", reference_name="every open message with the full list",
+        reference_value=before / 2**20,
+        note=(f"{count} messages (one per new member, then the final); the final alone is "
+              f"{largest / 1024:,.0f} KiB"),
+    )
+
+
+def run(workdir: Path, quick: bool, dry_run_sizes: list[int] | None = None) -> list[Row]:
     """The rules section of the benchmark table."""
+    rows = throughput_rows(workdir, quick)
+    rows.append(bytes_row(quick))
+    sizes = dry_run_sizes or ([300_000] if quick else [1_000_000])
+    rows.extend(dry_run_rows(workdir, sizes))
+    rows.append(one_day_window_row(workdir, 200_000 if quick else 1_000_000))
+    return rows
+
+
+def throughput_rows(workdir: Path, quick: bool) -> list[Row]:
+    """Events/s through 50 rules, persistence on and off, and memory with full windows."""
     measured = 10_000 if quick else 40_000
     events = make_events(IN_WINDOWS + measured)
     state_dir = workdir / "rules-bench-state"
@@ -214,7 +421,26 @@ def run(workdir: Path, quick: bool) -> list[Row]:
 
 
 if __name__ == "__main__":
-    import sys
+    import argparse
 
-    for row in run(Path("var"), quick="--quick" in sys.argv):
-        print(row.to_dict())
+    parser = argparse.ArgumentParser(description="the rules benchmarks alone")
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--dry-run-events", help="comma-separated sizes, e.g. 1000000,10000000")
+    parser.add_argument("--only", choices=["throughput", "bytes", "dry-run", "one-day"],
+                        help="one of the scale measures only")
+    args = parser.parse_args()
+    work = Path("var")
+    work.mkdir(exist_ok=True)
+    sizes = [int(x) for x in args.dry_run_events.split(",")] if args.dry_run_events else None
+    if args.only == "throughput":
+        selected = throughput_rows(work, args.quick)
+    elif args.only == "bytes":
+        selected = [bytes_row(args.quick)]
+    elif args.only == "dry-run":
+        selected = dry_run_rows(work, sizes or [1_000_000])
+    elif args.only == "one-day":
+        selected = [one_day_window_row(work, 200_000 if args.quick else 1_000_000)]
+    else:
+        selected = run(work, args.quick, sizes)
+    for row in selected:
+        print(json.dumps(row.to_dict()), flush=True)

@@ -9,9 +9,10 @@ import pytest
 from pydantic import ValidationError
 
 from agent.events.config import MetadataField, UseCaseConfig
-from agent.events.schema import DeviceRef, Event, SourceRef, json_schemas
+from agent.events.schema import DeviceRef, Event, Label, LabelName, SourceRef, json_schemas
 from agent.events.validate import metadata_problems
 from scripts.gen_schemas import SCHEMA_DIR, render
+from tests.events.strict import problems
 
 
 def make_event(**over: object) -> Event:
@@ -74,3 +75,50 @@ def test_metadata_is_checked_against_the_use_case() -> None:
     assert metadata_problems(make_event(use_case="nope"), use_cases) == [
         "use case 'nope' is not configured"
     ]
+
+
+def _composite() -> dict[str, object]:
+    from agent.events.schema import CompositeEvent, LabelState, RuleRef
+
+    event = make_event(label=Label(id="glass", name=LabelName(en="Glass", ko="유리")))
+    composite = CompositeEvent(
+        group_key="edge-01:glass", device=DeviceRef(id="edge-01"), event_count=1,
+        rule=RuleRef(id="r", name="r", window_seconds=5, min_events=1, enabled=True,
+                     group_by="label_id"),
+        events=[event], labels=[LabelState(id="glass", name=event.label.name)],  # type: ignore[union-attr]
+        started_at=event.timestamp, updated_at=event.timestamp,
+    )
+    return json.loads(composite.to_json())  # type: ignore[no-any-return]
+
+
+def test_strict_composite_schema_requires_the_contract() -> None:
+    good = _composite()
+    assert problems("composite-event.schema.json", good) == []
+    for field in ("id", "mics", "labels", "event_count", "ended_at", "status"):
+        broken = {k: v for k, v in good.items() if k != field}
+        assert problems("composite-event.schema.json", broken), f"{field} not required"
+    for path, value in ((("labels", 0, "name", "ko"), ""), (("started_at",), "yesterday"),
+                        (("id",), "not-a-uuid"), (("group_key",), ""),
+                        (("updated_at",), "2026-13-40T00:00:00Z")):
+        broken = json.loads(json.dumps(good))
+        target = broken
+        for key in path[:-1]:
+            target = target[key]
+        target[path[-1]] = value
+        assert problems("composite-event.schema.json", broken), f"{path} = {value!r} passed"
+
+
+def test_strict_event_schema_requires_every_field() -> None:
+    good = json.loads(make_event(label=Label(id="glass", name=LabelName(en="G", ko="유"))
+                                 ).to_json())
+    assert problems("event.schema.json", good) == []
+    for field in ("id", "timestamp", "label", "run_id", "metadata"):
+        broken = {k: v for k, v in good.items() if k != field}
+        assert problems("event.schema.json", broken), f"{field} not required"
+    broken = {**good, "timestamp": "yesterday"}
+    assert problems("event.schema.json", broken)
+    broken = {**good, "label": {"id": "glass", "name": {"en": "G", "ko": ""}}}
+    assert problems("event.schema.json", broken)
+    # The models refuse what the schema refuses.
+    with pytest.raises(ValidationError):
+        LabelName(en="G", ko="")

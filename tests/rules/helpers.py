@@ -86,6 +86,7 @@ class Driver:
         self.engine_args = engine_args
         self.clock = ManualClock(start=T0_MS / 1000)
         self.latest: dict[str, CompositeEvent] = {}
+        self.members: dict[str, dict[str, Event]] = {}
         self.emitted: list[CompositeEvent] = []
         self.engine = self._open()
 
@@ -93,12 +94,25 @@ class Driver:
         return RuleEngine(self.rules, DEVICE, self.clock, self.state_dir, **self.engine_args)
 
     def take(self, composites: list[CompositeEvent]) -> list[CompositeEvent]:
+        """Record what the engine handed out; ``latest`` holds each composite with its whole
+        member list, rebuilt from the open updates as a consumer would (and checked against
+        each message's ``event_count`` and the final's list)."""
         for c in composites:
             before = self.latest.get(c.id)
             assert before is None or before.status == "open", "nothing follows a final"
             assert before is None or before.started_at >= c.started_at
             assert before is None or before.updated_at <= c.updated_at
-            self.latest[c.id] = c
+            members = self.members.setdefault(c.id, {})
+            for e in c.events:
+                members.setdefault(e.id, e)
+            assert len(members) == c.event_count, "the updates add up to the whole"
+            if c.status == "final":
+                assert [e.id for e in c.events] == [
+                    e.id for e in sorted(members.values(), key=lambda e: e.timestamp)]
+                self.latest[c.id] = c
+            else:
+                whole = sorted(members.values(), key=lambda e: e.timestamp)
+                self.latest[c.id] = c.model_copy(update={"events": whole})
         self.emitted.extend(composites)
         return composites
 

@@ -62,6 +62,7 @@ class _RuleRun:
     enabled: bool
     admitted: list[tuple[int, int, Event, str]] = field(default_factory=list)
     seen_tracks: list[tuple[tuple[str, str], int]] = field(default_factory=list)
+    dropped: set[str] = field(default_factory=set)  # candidates beyond the bound
     composites: list[Composite] = field(default_factory=list)  # since (re)enabled
 
 
@@ -139,6 +140,7 @@ def run_reference(
                     c.status, c.ended = "final", now
             archive.extend(run.composites)
             run.composites, run.admitted, run.seen_tracks = [], [], []
+            run.dropped = set()
         run.enabled = enabled
 
     for arrival, step in enumerate(steps):
@@ -178,7 +180,7 @@ def _offer(
     if t + window <= now:
         return  # late
     if any(a[2].id == event.id for a in run.admitted):
-        return  # a copy of an event already counted
+        return  # a copy of an event already counted, whatever its content
     if event.track_id is not None:
         track = (event.source.id, event.track_id)
         before = [seen for k, seen in run.seen_tracks if k == track]
@@ -196,10 +198,15 @@ def _offer(
         composite.members.append((t, arrival, event))
     else:
         in_composites = {m[2].id for c in run.composites for m in c.members}
-        candidates = [
+        candidates = sorted(
             (at, aa, ae) for at, aa, ae, ak in run.admitted
-            if ak == key and ae.id not in in_composites and at + window > now
-        ]
+            if ak == key and ae.id not in in_composites and ae.id not in run.dropped
+            and at + window > now
+        )
+        # An idle group holds at most max(cap, min_events) candidates: the oldest go.
+        bound = max(max_events, rule.min_events)
+        run.dropped.update(c[2].id for c in candidates[:-bound])
+        candidates = candidates[-bound:]
         labels = {c[2].label.id for c in candidates if c[2].label is not None}
         if len(candidates) < rule.min_events or not set(rule.require_labels or []) <= labels:
             return

@@ -25,13 +25,15 @@ def test_forms_extends_and_finalises_on_event_time() -> None:
     assert formed.group_key == "edge-01:person"
     assert to_ms(formed.started_at) == T0_MS
     [update] = d.process(e[3])
-    assert update.id == formed.id and len(update.events) == 4
+    # An update carries what joined since the last message, and the whole count.
+    assert update.id == formed.id and _ids(update) == [e[3].id] and update.event_count == 4
     # Minutes of window pass in no time: the clock is manual.
     d.at(30_000 + 30_000 - 1)
     assert d.tick() == []
     d.at(30_000 + 30_000)
     [final] = d.tick()
     assert final.id == formed.id and final.status == "final"
+    assert _ids(final) == [x.id for x in e[:4]] and final.event_count == 4  # every member
     assert final.ended_at is not None
     assert to_ms(final.ended_at) == T0_MS + 60_000  # newest member + window
     # A later event starts afresh.
@@ -153,7 +155,9 @@ def test_restart_mid_window_neither_loses_nor_double_counts(tmp_path: Path) -> N
     d.restart()
     assert d.process(make_event(1, 1_000)) == []  # a copy of a counted event
     [update] = d.process(make_event(3, 3_000))
-    assert update.id == formed.id and len(update.events) == 4
+    # The first update after a restart carries every member again (what was handed out
+    # before is not known member by member).
+    assert update.id == formed.id and len(update.events) == 4 and update.event_count == 4
     d.restart()
     d.at(63_000)
     [final] = d.tick()
@@ -168,9 +172,11 @@ def test_update_interval_coalesces_open_updates() -> None:
     assert d.process(make_event(1, 100)) == []  # owed, not lost
     d.at(1_000)
     [update] = d.tick()
-    assert update.id == formed.id and len(update.events) == 2
-    [both] = d.engine.process_many([make_event(2, 1_500), make_event(3, 2_500)])
-    assert len(both.events) == 4
+    assert update.id == formed.id and _ids(update) == [make_event(1, 100).id]
+    assert update.event_count == 2
+    [both] = d.take(d.engine.process_many([make_event(2, 1_500), make_event(3, 2_500)]))
+    assert len(both.events) == 2 and both.event_count == 4
+    assert len(d.latest[formed.id].events) == 4
 
 
 def test_set_enabled_and_reload(tmp_path: Path) -> None:
@@ -188,7 +194,7 @@ def test_set_enabled_and_reload(tmp_path: Path) -> None:
     d.engine.reload([r1.model_copy(update={"name": "People"}),
                      RuleConfig(id="r3", window_seconds=5, min_events=1)])
     by_rule = {c.rule.id: c for c in d.process(make_event(2, 200))}
-    assert by_rule["r1"].rule.name == "People" and len(by_rule["r1"].events) == 3
+    assert by_rule["r1"].rule.name == "People" and by_rule["r1"].event_count == 3
     assert len(by_rule["r3"].events) == 1
     assert set(d.engine.stats()) == {"r1", "r3"}
 
@@ -215,3 +221,63 @@ def test_stats_counts() -> None:
     stats = d.engine.stats()["r1"]
     assert stats["formed"] == 1 and stats["updated"] == 1
     assert stats["open_groups"] == 1 and stats["events_in_windows"] == 3
+
+
+def test_a_copy_counts_once_whatever_its_content() -> None:
+    d = Driver([rule(window_seconds=10, min_events=1, group_by="device")], None)
+    [formed] = d.process(make_event(0, 0))
+    d.at(60_000)
+    assert [c.status for c in d.tick()] == ["final"]
+    # Same id, a minute later, another label and source: still the event already counted.
+    assert d.process(make_event(0, 60_000, label="car", source="mic-1")) == []
+    assert d.engine.stats()["r1"]["duplicates"] == 1
+    [other] = d.process(make_event(1, 60_000))
+    assert other.id != formed.id
+
+
+def test_counted_ids_are_bounded_by_max_tracked_ids() -> None:
+    d = Driver([rule(window_seconds=3600, min_events=1, group_by="device")], None,
+               max_tracked_ids=4, max_events_per_composite=10, update_interval_seconds=0)
+    for n in range(30):
+        d.process(make_event(n, n))
+    assert [c.event_count for c in d.finals()] == [10, 10, 10]
+    assert len(d.engine._seen) <= 4 + 16
+    # The newest ids are remembered; the oldest were forgotten and a copy counts again.
+    assert d.process(make_event(29, 29)) == []
+    [again] = d.process(make_event(0, 0))
+    assert again.event_count == 1
+
+
+def test_a_group_waiting_for_a_required_label_is_bounded() -> None:
+    waits = rule(window_seconds=3600, min_events=2, group_by="device",
+                 require_labels=["glass", "person"])
+    d = Driver([waits], None, max_events_per_composite=5)
+    for n in range(20):
+        assert d.process(make_event(n, n * 10)) == []
+    assert d.engine.stats()["r1"]["dropped"] == 15
+    [formed] = d.process(make_event(20, 300, label="glass", source="mic-1"))
+    # The newest candidates and the glass: five, the cap, so it is final at once.
+    assert formed.status == "final" and formed.event_count == 5
+    assert [e.id for e in formed.events][-1] == make_event(20, 300).id
+    assert d.engine.stats()["r1"]["dropped"] == 16
+
+
+def test_track_memory_is_released_without_ticks_or_a_state_dir() -> None:
+    # A dry run never ticks: feeding events alone must let expired tracks go.
+    d = Driver([rule(window_seconds=10, min_events=1)], None, track_ttl_seconds=30,
+               max_tracks=1_000_000)
+    for n in range(2_000):
+        d.process(make_event(n, n * 1_000, track_id=f"t{n}", phase="new"))
+    tracks = d.engine._rules["r1"].tracks
+    # Remembered for 30 s after each track's event, collected every minute of engine time.
+    assert len(tracks) <= 30 + 60
+
+
+def test_tracks_are_bounded_by_max_tracks() -> None:
+    d = Driver([rule(window_seconds=3600, min_events=1)], None, max_tracks=20)
+    for n in range(200):
+        d.process(make_event(n, n, track_id=f"t{n}", phase="new"))
+    assert len(d.engine._rules["r1"].tracks) <= 20 + 16
+    # The most recent tracks are remembered: a later phase of one is a repeat.
+    d.process(make_event(1_000, 300, track_id="t199", phase="update"))
+    assert d.engine.stats()["r1"]["repeats"] == 1

@@ -57,7 +57,7 @@ def steps_strategy(draw: st.DrawFn, rule_ids: list[str]) -> list[tuple[str, Any]
     out: list[tuple[str, Any]] = []
     for _ in range(draw(st.integers(0, 60))):
         kind = draw(st.sampled_from(
-            ["event"] * 10 + ["replay", "tick", "restart", "enable", "batch"]
+            ["event"] * 10 + ["replay", "copy", "tick", "restart", "enable", "batch"]
         ))
         if kind == "event":
             out.append(("event", {
@@ -71,6 +71,12 @@ def steps_strategy(draw: st.DrawFn, rule_ids: list[str]) -> list[tuple[str, Any]
             }))
         elif kind == "replay":
             out.append(("replay", draw(st.integers(0, 1000))))
+        elif kind == "copy":  # an earlier id with other content: a later time, label, source
+            out.append(("copy", (draw(st.integers(0, 1000)), {
+                "offset": draw(st.sampled_from([0, 500, 3000, 30000])),
+                "label": draw(st.sampled_from(LABEL_IDS)),
+                "source": draw(st.sampled_from(SOURCE_IDS)),
+            })))
         elif kind == "tick":
             out.append(("tick", draw(st.sampled_from([0, 500, 4000, 30000]))))
         elif kind == "enable":
@@ -98,7 +104,7 @@ def _run(rules: list[RuleConfig], abstract: list[tuple[str, Any]], state_dir: Pa
 
     batching = False
     for kind, arg in abstract:
-        if kind == "event" or kind == "replay":
+        if kind in ("event", "replay", "copy"):
             if kind == "event":
                 clock_ms += arg["advance"]
                 driver.at(clock_ms)
@@ -114,10 +120,18 @@ def _run(rules: list[RuleConfig], abstract: list[tuple[str, Any]], state_dir: Pa
                     track_id=track, phase=phase,
                 )
                 sent.append(event)
-            else:
+            elif kind == "replay":
                 if not sent:
                     continue
                 event = sent[arg % len(sent)]
+            else:
+                if not sent:
+                    continue
+                index, fields = arg
+                n = index % len(sent)
+                event = make_event(n, clock_ms + fields["offset"], label=fields["label"],
+                                   source=fields["source"])
+                assert event.id == sent[n].id
             if batching:
                 batch.append(event)
             else:

@@ -3,6 +3,7 @@ sequence packing round-trips."""
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import uuid
 from pathlib import Path
@@ -87,3 +88,33 @@ def test_restart_with_a_changed_rule_closes_what_was_replayed(tmp_path: Path) ->
     assert closed.ended_at is not None and to_ms(closed.ended_at) == T0_MS + 1_000
     d.restart()
     assert d.tick() == []  # handed out once
+
+
+def test_a_final_not_received_before_a_crash_is_handed_out_again(tmp_path: Path) -> None:
+    d = Driver([rule(window_seconds=10, min_events=1)], tmp_path, update_interval_seconds=0)
+    d.process(make_event(0, 0, source="mic-1"), make_event(1, 500))
+    d.at(10_500)
+    [final] = d.tick()
+    # A crash before the caller stored it: no further call, no close.
+    crashed = d.engine
+    d.engine = d._open()
+    [again] = d.engine.tick()
+    assert again.to_json() == final.to_json()  # rebuilt from the stored members
+    assert d.engine.tick() == []  # the next call was the receipt
+    d.restart()
+    assert d.tick() == []
+    crashed._store.close()  # type: ignore[union-attr]
+
+
+def test_a_pending_composite_written_before_0_3_is_read(tmp_path: Path) -> None:
+    d = Driver([rule(window_seconds=10, min_events=1)], tmp_path, update_interval_seconds=0)
+    [formed] = d.process(make_event(0, 0))
+    d.engine.close()
+    old = formed.model_dump(mode="json", exclude={"event_count"})  # the 0.2 payload
+    db = sqlite3.connect(tmp_path / FILE_NAME)
+    db.execute("INSERT OR REPLACE INTO meta VALUES ('pending', ?)", (json.dumps([old]),))
+    db.commit()
+    db.close()
+    d.engine = d._open()
+    [again] = d.engine.tick()
+    assert again.id == formed.id and again.event_count == 1
