@@ -17,7 +17,7 @@ from agent.logs import LineDeduplicator, redact
         ("key=abc, then", "key=***, then"),
         ("password=p@ss.word end", "password=*** end"),
         ("(token=abc)", "(token=***)"),
-        ("rtsp://admin:pw@10.0.0.5/s", "rtsp://***@10.0.0.5/s"),
+        ("rtsp://admin:pw@camera.example/s", "rtsp://***@camera.example/s"),
     ],
 )
 def test_redact_hides_the_value_and_keeps_the_sentence(text: str, shown: str) -> None:

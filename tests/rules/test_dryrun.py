@@ -13,7 +13,7 @@ import yaml
 
 from agent.rules.dryrun import EX_DATAERR, dry_run, main
 from agent.rules.engine import to_ms
-from tests.agent_process import REPO, base_config
+from scripts.harness.agent_process import REPO, base_config
 from tests.rules.helpers import T0_MS, make_event, rule
 
 

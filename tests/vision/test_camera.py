@@ -27,13 +27,13 @@ from tests.vision.fakes import RedSquareDetector, red_square_frames
 @pytest.mark.parametrize(
     ("url", "shown"),
     [
-        ("rtsp://admin:s3cret@10.0.0.5:554/stream1", "rtsp://***@10.0.0.5:554/stream1"),
+        ("rtsp://admin:s3cret@camera.example:554/stream1", "rtsp://***@camera.example:554/stream1"),
         ("http://user@cam.local/video", "http://***@cam.local/video"),
         ("https://cam.local/mjpg?user=bob&password=hunter22&res=hd",
          "https://cam.local/mjpg?user=bob&password=***&res=hd"),
         ("http://cam/video.cgi?token=abc123&Pwd=x&API_KEY=k",
          "http://cam/video.cgi?token=***&Pwd=***&API_KEY=***"),
-        ("rtsp://10.0.0.5/stream", "rtsp://10.0.0.5/stream"),
+        ("rtsp://camera.example/stream", "rtsp://camera.example/stream"),
         ("/srv/videos/street.avi", "/srv/videos/street.avi"),
         ("/dev/video0", "/dev/video0"),
     ],

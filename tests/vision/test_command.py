@@ -70,10 +70,10 @@ def test_nvargus_preset_runs_a_gstreamer_pipeline_to_stdout() -> None:
 
 
 def test_gstreamer_preset_decodes_rtsp_in_hardware() -> None:
-    cfg = CommandConfig(preset="gstreamer", url="rtsp://viewer:S3cret@10.0.0.5:554/stream1",
+    cfg = CommandConfig(preset="gstreamer", url="rtsp://viewer:S3cret@camera.example:554/stream1",
                         width=1280, height=720)
     assert cfg.command() == [
-        "gst-launch-1.0", "-q", "rtspsrc", "location=rtsp://viewer:S3cret@10.0.0.5:554/stream1",
+        "gst-launch-1.0", "-q", "rtspsrc", "location=rtsp://viewer:S3cret@camera.example:554/stream1",
         "latency=200", "protocols=tcp", "!", "rtph264depay", "!", "h264parse", "!",
         "nvv4l2decoder", "!", "nvvidconv", "!", "video/x-raw,format=I420,width=1280,height=720",
         "!", "fdsink", "fd=1",
