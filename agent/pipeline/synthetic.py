@@ -87,9 +87,13 @@ class SyntheticWorker(Worker):
             if self.config.burst and self.seq % self.config.burst == 0:
                 next_at += self.config.burst_pause  # a sensor that fires in bursts
             delay = next_at - self._clock.monotonic()
-            if delay > 0:
-                self._stop.wait(delay)
-            elif delay < -1.0:
+            while delay > 0 and not self._stop.is_set():
+                # Beat at least once a second, so a slow rate or a long pause between
+                # bursts never looks like a hung thread to the watchdog.
+                self._stop.wait(min(delay, 1.0))
+                self.beat()
+                delay = next_at - self._clock.monotonic()
+            if delay < -1.0:
                 next_at = self._clock.monotonic()  # fell behind by a second: do not burst
 
     def stats(self) -> dict[str, Any]:

@@ -44,3 +44,15 @@ def test_bursts_are_separated_by_their_pause() -> None:
 def test_without_bursts_the_rate_is_steady() -> None:
     times = _arrivals(SyntheticConfig(id="beat", rate=50, labels=["knock"]), 8)
     assert times[-1] - times[0] < 0.4  # 7 intervals of 20 ms, no pause anywhere
+
+
+def test_a_long_pause_between_bursts_keeps_the_heartbeat() -> None:
+    config = SyntheticConfig(id="door", rate=50, labels=["knock"], burst=1, burst_pause=30)
+    worker = SyntheticWorker(config, DeviceRef(id="dev"), lambda event: None, SystemClock())
+    worker.start()
+    try:
+        time.sleep(2.5)  # the first event, then the pause
+        # The watchdog calls a thread hung after HUNG_FLOOR_S (3 s) without a beat.
+        assert worker.heartbeat_age() < 1.5
+    finally:
+        worker.stop()
