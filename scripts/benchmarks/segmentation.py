@@ -21,7 +21,8 @@ import cv2
 import numpy as np
 
 from agent.config import ModelsConfig
-from agent.inference.detector import Detector, DetectorModelConfig
+from agent.inference.config import DetectorModelConfig
+from agent.inference.detector import Detector
 from agent.inference.fetch import YOLOV3_TINY_ONNX, fetch_models
 from agent.inference.letterbox import letterbox, letterbox_geometry, to_tensor
 from agent.inference.segment import Segmenter

@@ -20,8 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
+from agent.inference.config import COCO_KEYPOINTS
 from agent.inference.letterbox import letterbox_geometry
-from agent.inference.tasks import COCO_KEYPOINTS
 from tests.inference.onnx_graphs import constant_model
 
 INPUT = 640

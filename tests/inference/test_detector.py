@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 from onnx import TensorProto
 
-from agent.inference.detector import Detector, DetectorModelConfig
+from agent.inference.config import DetectorModelConfig
+from agent.inference.detector import Detector
 from agent.inference.session import ModelLoadError, file_sha256
 from tests.inference import onnx_graphs as g
 

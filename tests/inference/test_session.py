@@ -8,7 +8,8 @@ from pathlib import Path
 import onnxruntime as ort
 import pytest
 
-from agent.inference.session import InferenceSession, SessionConfig
+from agent.inference.config import SessionConfig
+from agent.inference.session import InferenceSession
 from tests.inference import onnx_graphs as g
 
 
