@@ -21,6 +21,9 @@ if .venv/bin/edge-agent models --help >/dev/null 2>&1; then
   .venv/bin/edge-agent models fetch --quiet
 fi
 
+# The architecture contract in pyproject.toml: layers in the flow's order, no import cycles.
+.venv/bin/lint-imports --no-logo
+
 set +e
 .venv/bin/python -m pytest -m "$marker" "${args[@]}"
 rc=$?
