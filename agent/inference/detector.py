@@ -171,7 +171,7 @@ class Detector:
             )
         if wanted not in LAYOUTS:
             raise ModelLoadError(f"model {name}: type {wanted} is not a detection layout "
-                                 "(load it with agent.inference.tasks.load_vision_model)")
+                                 "(load it with agent.inference.loader.load_vision_model)")
         layout = LAYOUTS[wanted]
         classes = layout_classes(layout.name, shapes)
         if classes is None:
