@@ -6,6 +6,7 @@ suite and show that an upward import or a cycle is caught, on a copy of the pack
 
 from __future__ import annotations
 
+import ast
 import os
 import shutil
 import subprocess
@@ -59,3 +60,16 @@ def test_a_cycle_inside_a_stage_is_caught(tmp_path: Path) -> None:
     assert "No import cycles between the modules of a package BROKEN" in done.stdout
     assert "Layers: cli, daemon, config, then the stages, then the shared modules KEPT" \
         in done.stdout
+
+
+def test_neither_the_agent_nor_the_scripts_import_the_test_tree() -> None:
+    # What the scripts share with the tests (broker, agent process, ONNX graphs) lives in
+    # scripts/harness; the demo and the benchmarks run from a checkout without tests/.
+    found = []
+    for path in sorted([*(REPO / "agent").rglob("*.py"), *(REPO / "scripts").rglob("*.py")]):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import)
+                     else [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            found += [f"{path.relative_to(REPO)}: {n}" for n in names
+                      if n == "tests" or n.startswith("tests.")]
+    assert found == []

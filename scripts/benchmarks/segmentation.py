@@ -61,7 +61,7 @@ def _median_ms(samples: list[float]) -> float:
 
 def run(workdir: Path, quick: bool) -> list[Row]:
     """Rows for segmentation post-processing against a real model's session.run."""
-    from tests.inference.onnx_graphs import constant_model
+    from scripts.harness.onnx_graphs import constant_model
 
     models_dir = ModelsConfig().dir
     fetch_models(models_dir, ["yolov3-tiny-coco"], quiet=True)

@@ -22,7 +22,7 @@ import numpy as np
 
 from agent.inference.config import COCO_KEYPOINTS
 from agent.inference.letterbox import letterbox_geometry
-from tests.inference.onnx_graphs import constant_model
+from scripts.harness.onnx_graphs import constant_model
 
 INPUT = 640
 PROTO = INPUT // 4

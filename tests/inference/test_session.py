@@ -10,7 +10,7 @@ import pytest
 
 from agent.inference.config import SessionConfig
 from agent.inference.session import InferenceSession
-from tests.inference import onnx_graphs as g
+from scripts.harness import onnx_graphs as g
 
 
 def test_missing_accelerator_is_warned_and_the_cpu_is_used(

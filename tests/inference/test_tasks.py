@@ -15,8 +15,8 @@ from agent.inference.loader import load_vision_model
 from agent.inference.pose import PoseEstimator
 from agent.inference.segment import Segmenter
 from agent.inference.session import ModelLoadError
+from scripts.harness.onnx_graphs import constant_model
 from tests.inference import task_graphs as g
-from tests.inference.onnx_graphs import constant_model
 
 REPO = Path(__file__).resolve().parents[2]
 FRAMES = [(640, 480), (1280, 720), (480, 640), (333, 250)]
