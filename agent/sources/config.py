@@ -380,9 +380,6 @@ DEFAULT_LISTEN = [
 """Labels listened to when a microphone names none (AudioSet catalogue ids)."""
 
 
-# --------------------------------------------------------------------------- configuration
-
-
 class LabelNameOverride(BaseModel):
     """Display names replacing the catalogue's for one label; either language may be left out."""
 

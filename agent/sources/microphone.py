@@ -1,4 +1,5 @@
-"""Microphones (``microphones:``): their configuration and the sources that capture audio.
+"""Microphones (``microphones:``): the sources that capture audio (their settings are
+``MicrophoneConfig`` in ``agent.sources.config``).
 
 Two sources produce the same thing, mono float32 chunks at the model's rate (16 kHz), each
 stamped with the wall-clock time of its end:
