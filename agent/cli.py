@@ -48,7 +48,7 @@ def _load_or_exit(path: Path) -> AgentConfig:
 def cmd_check_config(args: argparse.Namespace) -> int:
     config = _load_or_exit(args.config)
     if args.models:
-        from agent.inference.check import check_models
+        from agent.model_check import check_models
 
         problems = check_models(config)
         for line in problems:

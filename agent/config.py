@@ -3,6 +3,11 @@
 Sections follow the data flow: device, sources (cameras, microphones, synthetic), models,
 use cases, rules, outbox, mqtt, then stats and logging. Every model forbids unknown keys,
 and errors are reported one line per problem, each naming the path of the key.
+
+This module gathers each stage's configuration (``agent.<stage>.config``, none of which loads
+numpy, OpenCV, onnxruntime or sounddevice) into ``AgentConfig``, checks what spans sections,
+and loads the file: ``agent.config_file`` reads it defensively, ``agent.config_checks`` looks
+at the files it names.
 """
 
 from __future__ import annotations
@@ -11,13 +16,10 @@ import math
 import os
 import re
 import socket
-import ssl
-import stat
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from pydantic_settings import (
     BaseSettings,
@@ -26,34 +28,28 @@ from pydantic_settings import (
     SettingsError,
 )
 
+from agent.config_checks import read_mqtt_password, run_checks
+from agent.config_file import MAX_CONFIG_BYTES, ConfigError, read_yaml, tree_problems
 from agent.events.config import UseCaseConfig
 from agent.ids import TopicId
-from agent.inference.audio import AudioModelConfig, default_audio_models
-from agent.inference.detector import DetectorModelConfig
-from agent.mqtt.config import MqttConfig
-from agent.ops_config import CommandsConfig, HomeAssistantConfig
+from agent.inference.config import AudioModelConfig, DetectorModelConfig, default_audio_models
+from agent.mqtt.config import CommandsConfig, HomeAssistantConfig, MqttConfig
 from agent.outbox.config import OutboxConfig
+from agent.paths import REPO_ROOT
 from agent.rules.config import RuleConfig, RulesError, parse_rules, validate_rules
-from agent.sources.camera import CameraConfig, infer_type
-from agent.sources.config import SourceCommon, SyntheticConfig
-from agent.sources.microphone import MicrophoneConfig, validate_listen
+from agent.sources.config import (
+    CameraConfig,
+    MicrophoneConfig,
+    SourceCommon,
+    SyntheticConfig,
+    infer_type,
+    validate_listen,
+)
 
 EX_CONFIG = 78
 """sysexits.h: configuration error; systemd shows it as such."""
 
-MAX_CONFIG_BYTES = 1024 * 1024
-"""A configuration file larger than this (1 MiB) is refused before it is parsed."""
-
-MAX_CONFIG_NODES = 100_000
-"""Values in the file once YAML aliases are expanded; a real configuration has a few
-thousand. Bounds what a small file of nested aliases (an "alias bomb") can cost."""
-
-MAX_CONFIG_DEPTH = 32
-"""Nesting levels; the deepest real key (``use_cases.X.metadata.Y.type``) is 5."""
-
 ENV_PREFIX = "EDGE_AGENT_"
-
-REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
 class DeviceConfig(BaseModel):
@@ -232,13 +228,6 @@ def _catalogue_ids(config: AgentConfig, which: str) -> set[str]:
     return {info.id for info in (catalogue.audioset() if which == "audioset" else catalogue.coco())}
 
 
-class ConfigError(Exception):
-    """An invalid configuration; ``lines`` holds one message per problem, each with its path."""
-
-    def __init__(self, lines: list[str]) -> None:
-        super().__init__("\n".join(lines))
-        self.lines = lines
-
 
 def _loc(loc: tuple[int | str, ...]) -> str:
     out = ""
@@ -263,173 +252,6 @@ def format_validation_error(exc: ValidationError) -> list[str]:
         lines.append(f"{where}: {msg}" if where else msg)
     return lines
 
-
-def _file_kind(mode: int) -> str:
-    for test, name in ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO"),
-                       (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
-                       (stat.S_ISSOCK, "a socket")):
-        if test(mode):
-            return name
-    return "not a regular file"
-
-
-def read_text_file(path: Path, limit: int, what: str = "file", secret: bool = False) -> str:
-    """A small regular UTF-8 text file, checked before reading: never blocks on a FIFO, never
-    reads a device or more than ``limit`` bytes. Raises ``ConfigError`` with one line, which
-    shows no byte of the file when it is ``secret``."""
-    try:
-        # O_NONBLOCK: opening a FIFO must not wait for a writer; it is refused below.
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
-    except OSError as exc:
-        raise ConfigError([f"{path}: cannot read: {exc.strerror or exc}"]) from None
-    info = os.fstat(fd)
-    if not stat.S_ISREG(info.st_mode):
-        os.close(fd)
-        raise ConfigError([f"{path}: is {_file_kind(info.st_mode)}, not a regular {what}"])
-    with os.fdopen(fd, "rb") as f:
-        if info.st_size > limit:
-            raise ConfigError([f"{path}: {info.st_size} bytes is larger than the limit of "
-                               f"{limit} bytes for a {what}"])
-        try:
-            raw = f.read(limit + 1)
-        except OSError as exc:
-            raise ConfigError([f"{path}: cannot read: {exc.strerror or exc}"]) from None
-    if len(raw) > limit:
-        raise ConfigError([f"{path}: larger than the limit of {limit} bytes for a {what}"])
-    try:
-        return raw.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        line = raw.count(b"\n", 0, exc.start) + 1
-        shown = "" if secret else f" (0x{raw[exc.start]:02x})"
-        raise ConfigError([f"{path}: byte {exc.start} (line {line}): not UTF-8{shown}; the "
-                           f"{what} must be UTF-8 text"]) from None
-
-
-# libyaml's parser where PyYAML has it (it does on every supported platform): the pure
-# Python one takes 25 s and 360 MB for a 900 KB flow list.
-_Loader: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
-
-
-def _precheck(text: str, path: Path) -> None:
-    """Walk the YAML event stream (flat, no recursion, nothing built) and refuse deep
-    nesting or too many values before anything is composed."""
-    depth = 0
-    for count, event in enumerate(yaml.parse(text, Loader=_Loader), 1):
-        if isinstance(event, (yaml.MappingStartEvent, yaml.SequenceStartEvent)):
-            depth += 1
-            if depth > MAX_CONFIG_DEPTH + 1:
-                where = _where(path, event.start_mark)
-                raise ConfigError([f"{where}: invalid YAML: nested more than "
-                                   f"{MAX_CONFIG_DEPTH} levels deep"])
-        elif isinstance(event, (yaml.MappingEndEvent, yaml.SequenceEndEvent)):
-            depth -= 1
-        if count > 2 * MAX_CONFIG_NODES:  # keys are events too
-            raise ConfigError([f"{_where(path, event.start_mark)}: more than "
-                               f"{MAX_CONFIG_NODES} values"])
-
-
-def _where(path: Path, mark: Any) -> str:
-    return f"{path}:{mark.line + 1}:{mark.column + 1}" if mark is not None else str(path)
-
-
-def read_yaml(path: Path) -> dict[str, Any]:
-    """Parse the YAML file into a mapping, with errors that name the file and line.
-
-    Refused before parsing: anything but a regular file, more than ``MAX_CONFIG_BYTES``, bytes
-    that are not UTF-8. Refused after parsing, before validation: more than
-    ``MAX_CONFIG_NODES`` values once aliases are expanded, nesting deeper than
-    ``MAX_CONFIG_DEPTH``, an alias that contains itself.
-    """
-    text = read_text_file(path, MAX_CONFIG_BYTES, "configuration file")
-    if text.startswith("\ufeff"):
-        text = text[1:]
-    try:
-        _precheck(text, path)
-        data = yaml.load(text, Loader=_Loader)
-    except yaml.reader.ReaderError as exc:
-        char = exc.character if isinstance(exc.character, int) else ord(exc.character)
-        raise ConfigError([f"{path}: character {exc.position}: invalid YAML: unacceptable "
-                           f"character #x{char:04x}"]) from None
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
-        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        raise ConfigError([f"{where}: invalid YAML: {problem}"]) from None
-    except RecursionError:
-        raise ConfigError([f"{path}: invalid YAML: nested too deeply (at most "
-                           f"{MAX_CONFIG_DEPTH} levels)"]) from None
-    except (ValueError, OverflowError) as exc:  # a scalar PyYAML resolves but cannot build
-        raise ConfigError([f"{path}: invalid YAML value: {exc}"]) from None
-    if data is None:
-        return {}
-    if not isinstance(data, dict):
-        raise ConfigError([f"{path}: the top level must be a mapping of sections"])
-    return data
-
-
-class _TooBig(Exception):
-    pass
-
-
-def _join(path: str, key: str | int) -> str:
-    if isinstance(key, int):
-        return f"{path}[{key}]"
-    return f"{path}.{key}" if path else key
-
-
-def tree_problems(data: Any) -> tuple[list[str], list[str]]:
-    """Problems in the parsed YAML itself, before any schema: keys that are not strings,
-    numbers that are infinite or NaN, too deep, too many values once aliases are expanded.
-
-    Aliases are shared objects after parsing, so sizes are counted once per object and
-    multiplied, never expanded: a billion-value alias bomb costs a few hundred steps.
-    Returns ``(fatal, other)``: fatal problems stop before the schema is applied.
-    """
-    fatal: list[str] = []
-    problems: list[str] = []
-    sizes: dict[int, int] = {}
-    open_: set[int] = set()
-
-    def walk(node: Any, path: str, depth: int) -> int:
-        if isinstance(node, float) and not math.isfinite(node):
-            problems.append(f"{path or 'top level'}: {node} is not a finite number")
-            return 1
-        if isinstance(node, str) and "\0" in node:  # no path, id or URL may hold one
-            fatal.append(f"{path or 'top level'}: contains a NUL character")
-            return 1
-        if not isinstance(node, (dict, list)):
-            return 1
-        key = id(node)
-        if key in sizes:
-            return sizes[key]
-        if key in open_:
-            raise _TooBig(f"{path}: an alias contains itself (a recursive structure)")
-        if depth > MAX_CONFIG_DEPTH:
-            raise _TooBig(f"{path}: nested more than {MAX_CONFIG_DEPTH} levels deep")
-        open_.add(key)
-        total = 1
-        items = list(node.items()) if isinstance(node, dict) else list(enumerate(node))
-        for k, value in items:
-            if isinstance(node, dict) and isinstance(k, str) and "\0" in k:
-                fatal.append(f"{_join(path, repr(k))}: contains a NUL character")
-                continue
-            if isinstance(node, dict) and not isinstance(k, str):
-                fatal.append(f"{_join(path, repr(k))}: keys must be strings, not "
-                                f"{type(k).__name__} (quote the key)")
-                continue
-            total += walk(value, _join(path, k), depth + 1)
-            if total > MAX_CONFIG_NODES:
-                raise _TooBig(f"{path or 'top level'}: more than {MAX_CONFIG_NODES} values "
-                              "once YAML aliases are expanded")
-        open_.discard(key)
-        sizes[key] = total
-        return total
-
-    try:
-        walk(data, "", 0)
-    except _TooBig as exc:
-        return [str(exc)], []
-    return fatal, problems
 
 
 def _nonfinite(config: AgentConfig) -> list[tuple[tuple[int | str, ...], str]]:
@@ -601,76 +423,10 @@ def load_config(path: Path | None, environ: dict[str, str] | None = None) -> Age
         _resolve_relative_paths(config, path.parent)
     problems += cross_check(config) if rules_ok else []
     problems += [p for p in _origin_tagged(_nonfinite(config), env) if p not in problems]
-    problems += run_checks(config)
+    problems += run_checks(config.mqtt, config.outbox.path)
     if problems:
         raise ConfigError(_order_like_file(list(dict.fromkeys(problems)), keys))
     return config
-
-
-MAX_SECRET_BYTES = 64 * 1024
-"""A password file or credential larger than this is refused (it is one line)."""
-
-
-def _readable(path: Path, key: str) -> str | None:
-    """Why ``path`` cannot serve as the file ``key`` names, or None when it can."""
-    try:
-        read_text_file(path, 16 * 1024 * 1024, "file")
-    except ConfigError as exc:
-        return f"{key}: {exc.lines[0]}"
-    return None
-
-
-def run_checks(config: AgentConfig) -> list[str]:
-    """What ``run`` would trip on that the schema cannot see: the files the config names
-    (TLS, password) and the outbox directory. A camera that is offline is not checked here:
-    that is a run-time state."""
-    problems: list[str] = []
-    tls = config.mqtt.tls
-    if tls.enabled:
-        for key, path in (("mqtt.tls.ca_file", tls.ca_file), ("mqtt.tls.cert_file",
-                          tls.cert_file), ("mqtt.tls.key_file", tls.key_file)):
-            if path is not None and (why := _readable(path, key)):
-                problems.append(why)
-        if not problems:
-            context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-            try:
-                if tls.ca_file is not None:
-                    context.load_verify_locations(cafile=str(tls.ca_file))
-            except (ssl.SSLError, OSError, ValueError) as exc:
-                problems.append(f"mqtt.tls.ca_file: {tls.ca_file}: not a usable CA file: "
-                                f"{getattr(exc, 'reason', None) or exc}")
-            try:
-                if tls.cert_file is not None and tls.key_file is not None:
-                    # A passphrase would be asked on the terminal; there is no key for one.
-                    context.load_cert_chain(str(tls.cert_file), str(tls.key_file),
-                                            password=lambda: b"")
-            except (ssl.SSLError, OSError, ValueError) as exc:
-                problems.append(f"mqtt.tls.cert_file: {tls.cert_file} with key_file "
-                                f"{tls.key_file}: cannot be loaded (wrong pair, not PEM, or "
-                                f"an encrypted key): {getattr(exc, 'reason', None) or exc}")
-    try:
-        read_mqtt_password(config.mqtt)
-    except ConfigError as exc:
-        problems.extend(exc.lines)
-    problems.extend(_outbox_path_problems(config.outbox.path))
-    return problems
-
-
-def _outbox_path_problems(path: Path) -> list[str]:
-    existing = path
-    while not existing.exists() and existing != existing.parent:
-        if existing.is_symlink():
-            return [f"outbox.path: {path}: {existing} is a dangling symbolic link"]
-        existing = existing.parent
-    if not existing.is_dir():
-        where = "is not a directory" if existing == path else f"cannot be created: {existing} " \
-            "is not a directory"
-        return [f"outbox.path: {path} {where}"]
-    if not os.access(existing, os.W_OK | os.X_OK):
-        what = "is not writable" if existing == path else f"cannot be created in {existing} " \
-            "(not writable)"
-        return [f"outbox.path: {path} {what} by this user"]
-    return []
 
 
 def _resolve_relative_paths(config: AgentConfig, base: Path) -> None:
@@ -685,39 +441,6 @@ def _resolve_relative_paths(config: AgentConfig, base: Path) -> None:
     for mic in config.microphones:
         if mic.file is not None and not mic.file.is_absolute():
             mic.file = (base / mic.file).resolve()
-
-
-def read_mqtt_password(config: MqttConfig) -> str | None:
-    """The broker password from, in order: the config, ``password_file``, systemd credentials.
-
-    Raises ``ConfigError`` (one line naming the key) for a file that is missing, unreadable,
-    not a regular file, not UTF-8 or empty.
-    """
-    if config.password is not None:
-        return config.password.get_secret_value()
-    if config.password_file is not None:
-        try:
-            text = read_text_file(config.password_file, MAX_SECRET_BYTES, "password file",
-                                  secret=True)
-        except ConfigError as exc:
-            raise ConfigError([f"mqtt.password_file: {exc.lines[0]}"]) from None
-        lines = text.splitlines()
-        if not lines:
-            raise ConfigError([f"mqtt.password_file: {config.password_file}: empty (the "
-                               "password is its first line)"])
-        return lines[0].strip()
-    creds = os.environ.get("CREDENTIALS_DIRECTORY")
-    if creds:
-        candidate = Path(creds) / config.password_credential
-        if candidate.is_file():
-            try:
-                text = read_text_file(candidate, MAX_SECRET_BYTES, "credential", secret=True)
-            except ConfigError as exc:
-                raise ConfigError([f"mqtt.password_credential: {exc.lines[0]}"]) from None
-            # The unit's fallback credential is a lone newline: that means "no password".
-            lines = text.splitlines()
-            return (lines[0].strip() if lines else "") or None
-    return None
 
 
 __all__ = [

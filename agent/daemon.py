@@ -43,9 +43,7 @@ from agent.pipeline.synthetic import SyntheticWorker
 from agent.pipeline.vision import build_vision_worker
 from agent.rules.engine import RuleEngine
 from agent.sources.base import SourceState, SourceStatus
-from agent.sources.camera import CameraConfig
-from agent.sources.config import SourceCommon, SyntheticConfig
-from agent.sources.microphone import MicrophoneConfig
+from agent.sources.config import CameraConfig, MicrophoneConfig, SourceCommon, SyntheticConfig
 from agent.stats import SystemSampler
 
 logger = logging.getLogger(__name__)

@@ -3,7 +3,8 @@
 Two catalogues ship in ``models/labels/`` (see its README): ``coco.csv`` (the 80 COCO
 classes in Darknet/YOLO class-index order) and ``audioset.csv`` (the 521 AudioSet classes in
 YAMNet output order). Models map a class index to a :class:`LabelInfo`; events carry it as an
-:class:`agent.events.schema.Label`.
+:class:`agent.events.schema.Label` (built by the pipeline: this module sits below the events
+stage, which it does not import).
 
 A user's own model brings a label file (one English name a line); :meth:`LabelCatalogue.from_names`
 matches its names to catalogue entries so that known classes get their Korean names, and
@@ -27,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, get_args
 
-from agent.events.schema import Label, LabelName
+from agent.paths import REPO_ROOT
 
 logger = logging.getLogger(__name__)
 
@@ -102,16 +103,9 @@ class LabelInfo:
     index: int
     mid: str | None = None
 
-    def to_label(self) -> Label:
-        """The label as events carry it."""
-        return Label(id=self.id, name=LabelName(en=self.en, ko=self.ko))
-
 
 def default_labels_dir() -> Path:
     """``<repo>/models/labels``, where the catalogue ships."""
-    # Imported here, not at the top, so that agent.config may itself import this module.
-    from agent.config import REPO_ROOT
-
     return REPO_ROOT / "models" / "labels"
 
 

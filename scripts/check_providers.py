@@ -30,8 +30,9 @@ import numpy as np
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from agent.inference.config import DetectorModelConfig  # noqa: E402
 from agent.inference.detections import Detections  # noqa: E402
-from agent.inference.detector import Detector, DetectorModelConfig  # noqa: E402
+from agent.inference.detector import Detector  # noqa: E402
 from agent.inference.session import PROVIDER_ALIASES  # noqa: E402
 
 IOU_MIN = 0.98

@@ -40,6 +40,9 @@ if [ "$field" = 1 ]; then
   exit "$rc"
 fi
 
+# The architecture contract in pyproject.toml: layers in the flow's order, no import cycles.
+.venv/bin/lint-imports --no-logo
+
 set +e
 .venv/bin/python -m pytest -m "$marker" "${args[@]}"
 rc=$?

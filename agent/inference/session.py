@@ -9,7 +9,9 @@ from pathlib import Path
 from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict
+
+from agent.inference.config import SessionConfig
 
 if TYPE_CHECKING:
     import numpy as np
@@ -36,19 +38,6 @@ class ModelRef(BaseModel):
 
 class ModelLoadError(RuntimeError):
     """A model file is missing, corrupt or of a layout we cannot use."""
-
-
-class SessionConfig(BaseModel):
-    """How to run one ONNX file."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    path: Path = Field(description="ONNX file; relative paths are under models.dir")
-    providers: list[str] = Field(
-        default_factory=lambda: ["cpu"],
-        description="execution providers in order of preference: tensorrt, cuda, cpu, ...",
-    )
-    threads: int = Field(default=2, ge=0, description="intra-op threads; 0 lets onnxruntime pick")
 
 
 def file_sha256(path: Path) -> str:

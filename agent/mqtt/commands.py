@@ -30,7 +30,7 @@ from typing import Annotated, Any, Protocol
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from agent.events.schema import Event
-from agent.ops_config import COMMAND_NAMES, CommandsConfig
+from agent.mqtt.config import COMMAND_NAMES, CommandsConfig
 
 logger = logging.getLogger(__name__)
 

@@ -34,19 +34,14 @@ from agent.events.sounds import (
     Window,
     rms_dbfs,
 )
-from agent.inference.audio import AudioClassifier, AudioModelConfig, SileroVad, class_labels
+from agent.inference.audio import AudioClassifier, SileroVad, class_labels
+from agent.inference.config import AudioModelConfig
 from agent.inference.session import ModelLoadError
 from agent.labels import LabelCatalogue, LabelCatalogueError, LabelInfo
 from agent.pipeline.base import EventSink, Worker
 from agent.sources.base import SourceState, StatusListener
-from agent.sources.microphone import (
-    AudioSource,
-    MicrophoneConfig,
-    SourceEnded,
-    SourceError,
-    open_source,
-    validate_listen,
-)
+from agent.sources.config import MicrophoneConfig, validate_listen
+from agent.sources.microphone import AudioSource, SourceEnded, SourceError, open_source
 
 logger = logging.getLogger(__name__)
 

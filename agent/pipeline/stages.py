@@ -17,7 +17,8 @@ from typing import TYPE_CHECKING, Any, TypeAlias
 import numpy as np
 import numpy.typing as npt
 
-from agent.events.classification import ClassificationProcessor, ClassifyConfig, grow_box
+from agent.events.classification import ClassificationProcessor, grow_box
+from agent.events.config import ClassifyConfig
 from agent.events.objects import EventContext, ObjectProcessor
 from agent.events.schema import Event, Label
 from agent.events.shapes import ShapeObjectProcessor
@@ -25,10 +26,11 @@ from agent.inference.session import ModelLoadError
 
 if TYPE_CHECKING:
     from agent.inference.classify import Classification, Classifier
-    from agent.inference.detector import Detector, DetectorModelConfig
+    from agent.inference.config import DetectorModelConfig
+    from agent.inference.detector import Detector
     from agent.inference.pose import PoseEstimator
     from agent.inference.segment import Segmenter
-    from agent.sources.camera import CameraConfig
+    from agent.sources.config import CameraConfig
 
     VisionModel: TypeAlias = "Detector | Classifier | Segmenter | PoseEstimator"
 
@@ -160,7 +162,7 @@ def load_classify_stage(
     ``ModelLoadError`` or ``ValueError`` with a message naming the key at fault.
     """
     from agent.inference.classify import Classifier
-    from agent.inference.tasks import load_vision_model
+    from agent.inference.loader import load_vision_model
 
     classify = config.classify
     if classify is None:

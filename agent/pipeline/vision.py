@@ -38,10 +38,11 @@ from agent.pipeline.stages import (
     load_classify_stage,
 )
 from agent.sources.base import SourceState, StatusListener
-from agent.sources.camera import CameraCapture, CameraConfig, Frame, RateMeter
+from agent.sources.camera import CameraCapture, Frame, RateMeter
+from agent.sources.config import CameraConfig
 
 if TYPE_CHECKING:
-    from agent.inference.detector import DetectorModelConfig
+    from agent.inference.config import DetectorModelConfig
     from agent.labels import LabelCatalogue
     from agent.pipeline.stages import FrameModel
 
@@ -60,7 +61,8 @@ def labels_for(names: Sequence[str], catalogue: LabelCatalogue | None) -> list[L
         from agent.labels import slugify
 
         return [Label(id=slugify(n), name=LabelName(en=n, ko=n)) for n in names]
-    return [info.to_label() for info in catalogue.from_names(names)]
+    return [Label(id=info.id, name=LabelName(en=info.en, ko=info.ko))
+            for info in catalogue.from_names(names)]
 
 
 class _Percentiles:
@@ -337,7 +339,7 @@ def build_vision_worker(
     Never raises for a bad model: the worker then reports ``error`` naming the model, and
     the other cameras are unaffected.
     """
-    from agent.inference.tasks import load_vision_model
+    from agent.inference.loader import load_vision_model
 
     detector: Any = None
     error: str | None = None
@@ -367,7 +369,7 @@ def build_vision_worker(
         except (ModelLoadError, ValueError) as exc:
             detector, error = None, str(exc)
         if detector is not None and getattr(detector, "task", "") == "classify":
-            from agent.events.classification import ClassifyConfig
+            from agent.events.config import ClassifyConfig
 
             detector = FrameClassifier(detector, config.classify or ClassifyConfig())
     return VisionWorker(config, detector, catalogue, device_ref, emit, clock, status_listener,

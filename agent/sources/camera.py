@@ -18,251 +18,39 @@ devices are retried forever with exponential backoff between ``reconnect_min_s``
 are states, never exceptions out of the thread, so one bad camera never disturbs another.
 
 Credentials in URLs (``rtsp://user:pass@host``, ``?token=...``) never reach a log line or a
-status message: everything shown goes through ``redact_url``.
+status message: everything shown goes through ``agent.sources.urls``.
+
+This module is the capture thread and its state machine; the readers it drives are beside it
+(``opencv.py``: devices, streams, files, folders; ``mjpeg.py``; ``command.py``), and a
+camera's settings are in ``agent.sources.config``.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import logging
-import re
 import threading
 from collections import deque
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Literal
-from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
 
 import numpy as np
 import numpy.typing as npt
-from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from agent.clock import Clock
-from agent.events.classification import ClassifyConfig
-from agent.events.objects import ObjectsConfig, Polygon, SnapshotsConfig, ZoneConfig
-from agent.events.tracking import TrackingConfig
-from agent.inference.motion import MotionConfig
 from agent.logs import LineDeduplicator
-from agent.sources import native_log
 from agent.sources.base import SourceState, StateTracker
-from agent.sources.command import CommandConfig, CommandReader
-from agent.sources.config import SourceCommon
+from agent.sources.command import CommandReader
+from agent.sources.config import CameraConfig
 from agent.sources.mjpeg import MjpegReader
+from agent.sources.opencv import FolderReader, OpenCvReader
 from agent.sources.reader import CameraError, FrameReader
+from agent.sources.urls import scrub
 
-# cv2 is imported inside the readers, not here: agent.config imports this module for
-# CameraConfig, and an agent without cameras should not load OpenCV (~17 MB of RSS).
+# cv2 is imported inside the readers, not here: the daemon imports this module (through
+# agent.pipeline.vision) whatever its sources, and an agent without cameras should not load
+# OpenCV (~17 MB of RSS).
 
 logger = logging.getLogger(__name__)
-
-CameraType = Literal["device", "rtsp", "mjpeg", "stream", "file", "folder", "command"]
-"""How a camera is read: ``device`` (V4L2), ``rtsp``, ``mjpeg`` (HTTP(S) multipart JPEG or a
-JPEG snapshot URL), ``stream`` (any other URL FFmpeg opens: rtmp, srt, HLS...), ``file``
-(a video file), ``folder`` (a folder of images, in name order), ``command`` (frames from a
-command's stdout: ``agent.sources.command``)."""
-
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
-
-# -- credentials ------------------------------------------------------------------------------
-
-_SECRET_PARAMS = re.compile(
-    r"^(pass(word|wd)?|pwd|token|access_token|auth|authorization|key|api_?key|secret|"
-    r"sig(nature)?|credentials?|session|sid)$",
-    re.IGNORECASE,
-)
-_USERINFO = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)[^/@\s]+@")
-
-
-def redact_url(url: str) -> str:
-    """``url`` safe to log: ``user:pass@`` becomes ``***@`` and secret query values ``***``.
-
-    Paths and device names come back unchanged. Something that does not parse is redacted
-    by pattern rather than shown as is.
-    """
-    if "://" not in url:
-        return url
-    try:
-        parts = urlsplit(url)
-        netloc = parts.netloc
-        if "@" in netloc:
-            netloc = "***@" + netloc.rsplit("@", 1)[1]
-        query = parts.query
-        if query:
-            pairs = parse_qsl(query, keep_blank_values=True)
-            query = urlencode(
-                [(k, "***" if _SECRET_PARAMS.match(k) else v) for k, v in pairs], safe="*/:,"
-            )
-        return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
-    except ValueError:
-        return _USERINFO.sub(r"\g<scheme>***@", url.split("?", 1)[0]) + (
-            "?***" if "?" in url else ""
-        )
-
-
-def _scrub(text: str, url: str | None) -> str:
-    """An error message from a library, with the raw URL and its secrets taken out."""
-    if not url or "://" not in url:
-        return text
-    text = text.replace(url, redact_url(url))
-    try:
-        parts = urlsplit(url)
-        secrets = [parts.username, parts.password]
-        secrets += [v for k, v in parse_qsl(parts.query) if _SECRET_PARAMS.match(k)]
-    except ValueError:
-        secrets = []
-    for secret in secrets:
-        if secret and len(secret) >= 3:
-            text = text.replace(secret, "***").replace(unquote(secret), "***")
-    return text
-
-
-# -- configuration ----------------------------------------------------------------------------
-
-
-class ResizeConfig(BaseModel):
-    """``cameras[].resize``: scale frames as they are captured; one side keeps the aspect."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    width: int | None = Field(default=None, ge=16, le=8192)
-    height: int | None = Field(default=None, ge=16, le=8192)
-
-    @model_validator(mode="after")
-    def _one_side(self) -> ResizeConfig:
-        if self.width is None and self.height is None:
-            raise ValueError("give width, height or both")
-        return self
-
-    def size_for(self, width: int, height: int) -> tuple[int, int]:
-        """(width, height) of a frame of ``width`` x ``height`` after resizing."""
-        if self.width is not None and self.height is not None:
-            return self.width, self.height
-        if self.width is not None:
-            return self.width, max(1, round(height * self.width / width))
-        assert self.height is not None
-        return max(1, round(width * self.height / height)), self.height
-
-
-def infer_type(url: str) -> CameraType:
-    """The camera type a URL or path implies."""
-    scheme = url.split("://", 1)[0].lower() if "://" in url else ""
-    if scheme in ("rtsp", "rtsps"):
-        return "rtsp"
-    if scheme in ("http", "https"):
-        return "mjpeg"
-    if scheme == "file":
-        return "folder" if Path(urlsplit(url).path).is_dir() else "file"
-    if scheme:
-        return "stream"
-    if re.match(r"^/dev/video\d+$", url):
-        return "device"
-    if url.endswith("/") or Path(url).is_dir():
-        return "folder"
-    return "file"
-
-
-class CameraConfig(SourceCommon):
-    """``cameras[]``: one camera, from capture to the events it emits.
-
-    Give ``url`` (an ``rtsp://``, ``http(s)://`` URL, a video file, a folder of images,
-    ``/dev/videoN``) or ``device`` (a V4L2 index), not both. ``type`` is inferred from it
-    unless given. Each stage's part is defined next to the stage's code: ``motion`` in
-    ``agent.inference.motion``; ``objects``, ``zones``, ``masks``, ``snapshots`` in
-    ``agent.events.objects``; ``tracking`` in ``agent.events.tracking``.
-    """
-
-    url: str | None = Field(default=None, repr=False,
-                            description="stream URL, file or folder path, or /dev/videoN")
-    device: int | None = Field(default=None, ge=0, description="V4L2 device index")
-    command: CommandConfig | None = Field(
-        default=None, description="frames from a command's stdout (a Pi or Jetson CSI camera)"
-    )
-    type: CameraType | None = Field(default=None, description="default: from url or device")
-    loop: bool = Field(default=False, description="files and folders: start again at the end")
-    realtime: bool = Field(default=True,
-                           description="files and folders: pace at the file's frame rate "
-                           "(false: as fast as frames are consumed)")
-    fps: float | None = Field(default=5.0, gt=0, le=240,
-                              description="frames per second processed at most (null: all)")
-    resize: ResizeConfig | None = None
-    model: str = Field(default="yolov3-tiny-coco", description="a key of models.detectors")
-    objects: ObjectsConfig = Field(default_factory=ObjectsConfig)
-    zones: dict[str, ZoneConfig] = Field(default_factory=dict)
-    masks: list[Polygon] = Field(default_factory=list,
-                                 description="regions to ignore (normalised polygons)")
-    motion: MotionConfig = Field(default_factory=MotionConfig)
-    tracking: TrackingConfig = Field(default_factory=TrackingConfig)
-    snapshots: SnapshotsConfig = Field(default_factory=SnapshotsConfig)
-    classify: ClassifyConfig | None = Field(
-        default=None, description="a classifier on frames, objects or on request "
-        "(agent.events.classification)")
-    reconnect_min_s: float = Field(default=1.0, gt=0, le=3600)
-    reconnect_max_s: float = Field(default=30.0, gt=0, le=3600)
-    timeout_s: float = Field(default=10.0, gt=0, le=300,
-                             description="network streams: open and read timeout; command "
-                             "cameras: longest wait for a frame")
-    verify_tls: bool = Field(default=True,
-                             description="https cameras: check the certificate (turn off only "
-                             "for a camera with a self-signed certificate on a trusted network)")
-
-    @model_validator(mode="after")
-    def _source(self) -> CameraConfig:
-        if self.command is not None or self.type == "command":
-            if self.command is None or self.url is not None or self.device is not None:
-                raise ValueError("type command: give command (a preset or argv), not url or "
-                                 "device")
-            self.type = "command"
-            return self._common_checks()
-        if (self.url is None) == (self.device is None):
-            raise ValueError("give exactly one of url, device and command")
-        if self.url is not None and not self.url.strip():
-            raise ValueError("url: must not be empty")
-        implied: CameraType = "device" if self.device is not None else infer_type(self.url or "")
-        if self.type is None:
-            self.type = implied
-        elif self.device is not None and self.type != "device":
-            raise ValueError(f"type: {self.type} needs a url, not a device index")
-        elif self.url is not None and self.type != implied:
-            network = ("rtsp", "mjpeg", "stream")
-            if (self.type in network) != (implied in network) or (
-                self.type == "device" and implied != "device"
-            ):
-                raise ValueError(
-                    f"type: {self.type} does not fit url {redact_url(self.url)} "
-                    f"(it looks like {implied})"
-                )
-        return self._common_checks()
-
-    def _common_checks(self) -> CameraConfig:
-        if self.loop and self.type not in ("file", "folder"):
-            raise ValueError(f"loop: only files and folders can loop, not a {self.type} camera")
-        if self.reconnect_max_s < self.reconnect_min_s:
-            raise ValueError("reconnect_max_s is below reconnect_min_s")
-        for name in self.zones:
-            if not name.strip():
-                raise ValueError("zones: a zone needs a name")
-        return self
-
-    @property
-    def camera_type(self) -> CameraType:
-        """The resolved type (the validator always fills it)."""
-        assert self.type is not None
-        return self.type
-
-    @property
-    def finite(self) -> bool:
-        """Files and folders end; cameras and streams do not."""
-        return self.camera_type in ("file", "folder")
-
-    @property
-    def display_url(self) -> str:
-        """Where the frames come from, safe to show."""
-        if self.device is not None:
-            return f"/dev/video{self.device}"
-        if self.command is not None:
-            return self.command.display
-        return redact_url(self.url or "")
-
 
 # -- frames and rates -------------------------------------------------------------------------
 
@@ -330,115 +118,6 @@ class _Decimator:
 
     def reset(self) -> None:
         self._next = None
-
-
-# -- readers ----------------------------------------------------------------------------------
-
-
-class _OpenCvReader(FrameReader):
-    """Devices, RTSP, FFmpeg streams and video files through ``cv2.VideoCapture``."""
-
-    def __init__(self, config: CameraConfig) -> None:
-        import cv2
-
-        kind = config.camera_type
-        timeout_ms = int(config.timeout_s * 1000)
-        params: list[int] = []
-        target: str | int
-        if kind == "device":
-            target = config.device if config.device is not None else (config.url or "")
-            api = cv2.CAP_V4L2
-        elif kind == "file":
-            target = str(Path(config.url or "").expanduser())
-            if not Path(target).is_file():
-                raise CameraError(f"file {target} not found", permanent=True)
-            api = cv2.CAP_ANY
-        else:
-            target = config.url or ""
-            api = cv2.CAP_FFMPEG
-            params = [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, timeout_ms,
-                      cv2.CAP_PROP_READ_TIMEOUT_MSEC, timeout_ms]
-        # What OpenCV and FFmpeg print while opening names the cause (401, 404, refused).
-        self._native = native_log.current()
-        self._mark = self._native.mark() if self._native is not None else 0
-        self._cap = (cv2.VideoCapture(target, api, params) if params
-                     else cv2.VideoCapture(target, api))
-        if not self._cap.isOpened():
-            self._cap.release()
-            what = {"device": "device", "file": "file"}.get(kind, "stream")
-            why = native_log.cause(self._native.since(self._mark)) if self._native else None
-            if kind == "device" and isinstance(target, str) and not Path(target).exists():
-                why = "it does not exist (unplugged?)"
-            raise CameraError(
-                f"cannot open {what} {config.display_url}"
-                + (" (not a video OpenCV can decode)" if kind == "file" else "")
-                + (f": {why}" if why else ""),
-                permanent=kind == "file",
-            )
-        if kind == "device":
-            # Fewer driver buffers: the frame we grab is closer to now.
-            self._cap.set(cv2.CAP_PROP_BUFFERSIZE, 1)
-        fps = float(self._cap.get(cv2.CAP_PROP_FPS) or 0.0)
-        self.native_fps = fps if 0.5 <= fps <= 240 else None
-
-    def grab(self) -> bool:
-        return bool(self._cap.grab())
-
-    def retrieve(self) -> npt.NDArray[np.uint8] | None:
-        ok, image = self._cap.retrieve()
-        if not ok or image is None or not image.size:
-            return None
-        return np.asarray(image, dtype=np.uint8)
-
-    def close(self) -> None:
-        self._cap.release()
-
-    def failure(self) -> str:
-        why = native_log.cause(self._native.since(self._mark, 0.05)) if self._native else None
-        return why or "no frame (the stream ended, or nothing came within timeout_s)"
-
-    def damage(self) -> tuple[int, str] | None:
-        import cv2
-
-        total = int(self._cap.get(cv2.CAP_PROP_FRAME_COUNT) or 0)
-        read = int(self._cap.get(cv2.CAP_PROP_POS_FRAMES) or 0)
-        errors = [line for line in (self._native.since(self._mark, 0.05) if self._native
-                                    else []) if native_log.is_decode_error(line)]
-        if 0 < read < total:
-            return total - read, f"only {read} of {total} frames could be read"
-        if errors:
-            return len(errors), f"{len(errors)} decode errors"
-        return None
-
-
-class _FolderReader(FrameReader):
-    """The images of a folder in name order, one frame each."""
-
-    def __init__(self, config: CameraConfig) -> None:
-        folder = Path(config.url or "").expanduser()
-        if not folder.is_dir():
-            raise CameraError(f"folder {folder} not found", permanent=True)
-        self._files = sorted(p for p in folder.iterdir()
-                             if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
-        if not self._files:
-            raise CameraError(f"folder {folder} holds no images ({', '.join(IMAGE_SUFFIXES)})",
-                              permanent=True)
-        self._index = -1
-        self.native_fps = config.fps or 1.0
-
-    def grab(self) -> bool:
-        self._index += 1
-        return self._index < len(self._files)
-
-    def retrieve(self) -> npt.NDArray[np.uint8] | None:
-        import cv2
-
-        path = self._files[self._index]
-        image = cv2.imread(str(path), cv2.IMREAD_COLOR)
-        if image is None:
-            logger.warning("cannot read image %s; skipping it", path)
-            return None
-        return np.asarray(image, dtype=np.uint8)
 
 
 # -- the reader thread ------------------------------------------------------------------------
@@ -516,7 +195,7 @@ class CameraCapture:
             self._run()
         except Exception as exc:  # a bug here must be a state, not a dead thread
             logger.exception("%s: capture failed: %s", self.name, exc)
-            self.tracker.set(SourceState.ERROR, _scrub(f"capture failed: {exc}", self.config.url))
+            self.tracker.set(SourceState.ERROR, scrub(f"capture failed: {exc}", self.config.url))
         finally:
             self.finished.set()
             with self._cond:
@@ -527,12 +206,12 @@ class CameraCapture:
         if kind == "mjpeg":
             return MjpegReader(self.config, self._stop)
         if kind == "folder":
-            return _FolderReader(self.config)
+            return FolderReader(self.config)
         if kind == "command":
             assert self.config.command is not None
             return CommandReader(self.config.command, self.name, self.config.timeout_s,
                                  announce=self.epoch == 0, dedup=self._native_lines)
-        return _OpenCvReader(self.config)
+        return OpenCvReader(self.config)
 
     def _run(self) -> None:
         config = self.config
@@ -545,7 +224,7 @@ class CameraCapture:
             try:
                 reader = self._open()
             except CameraError as exc:
-                reason = _scrub(str(exc), config.url)
+                reason = scrub(str(exc), config.url)
                 if exc.permanent:
                     logger.error("%s: %s", self.name, reason)
                     self.tracker.set(SourceState.ERROR, reason)
@@ -589,7 +268,7 @@ class CameraCapture:
                             self.frames_grabbed)
                 self.tracker.set(SourceState.ENDED, f"end of {config.display_url}")
                 return
-            reason = _scrub(f"stream from {config.display_url} stopped: {outcome}", config.url)
+            reason = scrub(f"stream from {config.display_url} stopped: {outcome}", config.url)
             self._wait_retry(reason, backoff, repeated=reason == last_reason)
             last_reason = reason
             backoff = min(backoff * 2, config.reconnect_max_s)

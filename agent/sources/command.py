@@ -36,147 +36,20 @@ import signal
 import subprocess
 import threading
 import time
-from typing import IO, Literal
+from typing import IO
 
 import numpy as np
 import numpy.typing as npt
-from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from agent.logs import LineDeduplicator, redact
+from agent.sources.config import CommandConfig
 from agent.sources.reader import CameraError, FrameReader
 
 logger = logging.getLogger(__name__)
 
-PixelFormat = Literal["bgr24", "yuv420p", "nv12", "mjpeg"]
-"""What the command writes: raw frames of ``width`` x ``height``, or JPEG after JPEG."""
-
-Preset = Literal["rpicam", "nvargus", "gstreamer"]
-
-_PRESET_FORMATS: dict[str, PixelFormat] = {
-    "rpicam": "yuv420p",
-    "nvargus": "yuv420p",
-    "gstreamer": "yuv420p",
-}
 _READ_CHUNK = 1 << 16
 _MAX_JPEG_BYTES = 32 << 20
 """An MJPEG frame larger than this is not one: the stream is garbage, start it again."""
-
-
-class CommandConfig(BaseModel):
-    """``cameras[].command``: the command a ``command`` camera reads frames from.
-
-    Give ``preset`` (with ``width``, ``height``, ``framerate`` and ``camera`` or ``url``) or
-    ``argv`` (the exact command, no shell; ``format`` and, for raw formats, ``width`` and
-    ``height`` say what it writes). ``argv`` wins over nothing: give exactly one.
-    """
-
-    model_config = ConfigDict(extra="forbid")
-
-    preset: Preset | None = Field(default=None,
-                                  description="rpicam, nvargus or gstreamer (see docs/vision.md)")
-    argv: list[str] | None = Field(default=None, repr=False,
-                                   description="the command and its arguments, run without a shell")
-    format: PixelFormat | None = Field(
-        default=None, description="bgr24, yuv420p, nv12 or mjpeg; presets default to yuv420p"
-    )
-    width: int | None = Field(default=None, ge=16, le=8192)
-    height: int | None = Field(default=None, ge=16, le=8192)
-    framerate: float = Field(default=15.0, gt=0, le=240, description="presets: frames per second")
-    camera: int = Field(default=0, ge=0, description="rpicam: --camera; nvargus: sensor-id")
-    url: str | None = Field(default=None, repr=False, description="gstreamer: the rtsp:// URL")
-    codec: Literal["h264", "h265"] = Field(default="h264", description="gstreamer: the stream's")
-    latency_ms: int = Field(default=200, ge=0, le=10_000, description="gstreamer: jitter buffer")
-
-    @model_validator(mode="after")
-    def _check(self) -> CommandConfig:
-        if (self.preset is None) == (self.argv is None):
-            raise ValueError("give exactly one of preset and argv")
-        if self.argv is not None and (not self.argv or not self.argv[0].strip()):
-            raise ValueError("argv: must name a command")
-        if self.argv is not None and self.format is None:
-            raise ValueError("format: say what the command writes (bgr24, yuv420p, nv12, mjpeg)")
-        if self.preset is not None and (self.width is None or self.height is None):
-            raise ValueError(f"preset {self.preset}: give width and height")
-        if self.pixel_format != "mjpeg":
-            if self.width is None or self.height is None:
-                raise ValueError(f"format {self.pixel_format}: give width and height")
-            if self.pixel_format in ("yuv420p", "nv12") and (self.width % 2 or self.height % 2):
-                raise ValueError(f"format {self.pixel_format}: width and height must be even")
-        if self.preset == "gstreamer" and not (self.url and "://" in self.url):
-            raise ValueError("preset gstreamer: give url (rtsp://...)")
-        if self.preset == "nvargus" and self.pixel_format == "mjpeg":
-            raise ValueError("preset nvargus: format mjpeg is not offered; use yuv420p")
-        if self.preset == "gstreamer" and self.pixel_format == "mjpeg":
-            raise ValueError("preset gstreamer: format mjpeg is not offered; use yuv420p")
-        return self
-
-    @property
-    def pixel_format(self) -> PixelFormat:
-        """The resolved format: configured, else the preset's."""
-        if self.format is not None:
-            return self.format
-        return _PRESET_FORMATS[self.preset or "rpicam"]
-
-    @property
-    def frame_bytes(self) -> int:
-        """Bytes of one raw frame (0 for MJPEG, whose frames vary)."""
-        w, h = self.width or 0, self.height or 0
-        return {"bgr24": w * h * 3, "yuv420p": w * h * 3 // 2, "nv12": w * h * 3 // 2,
-                "mjpeg": 0}[self.pixel_format]
-
-    def command(self) -> list[str]:
-        """The exact argv run: ``argv`` as given, or the preset's expansion."""
-        if self.argv is not None:
-            return list(self.argv)
-        w, h, fps = self.width, self.height, self.framerate
-        rate = f"{fps:g}"
-        if self.preset == "rpicam":
-            codec = "mjpeg" if self.pixel_format == "mjpeg" else "yuv420"
-            return ["rpicam-vid", "-t", "0", "-n", "--camera", str(self.camera),
-                    "--width", str(w), "--height", str(h), "--framerate", rate,
-                    "--codec", codec, "-o", "-"]
-        raw = "video/x-raw,format=" + ("NV12" if self.pixel_format == "nv12" else
-                                       "BGR" if self.pixel_format == "bgr24" else "I420")
-        fraction = _fraction(fps)
-        if self.preset == "nvargus":
-            convert = ["nvvidconv", "!"]
-            if self.pixel_format == "bgr24":
-                # nvvidconv has no packed 24-bit output: BGRx, then videoconvert on the CPU.
-                convert += ["video/x-raw,format=BGRx", "!", "videoconvert", "!"]
-            return ["gst-launch-1.0", "-q", "nvarguscamerasrc", f"sensor-id={self.camera}", "!",
-                    f"video/x-raw(memory:NVMM),width={w},height={h},framerate={fraction}", "!",
-                    *convert, raw, "!", "fdsink", "fd=1"]
-        assert self.preset == "gstreamer" and self.url is not None
-        depay, parse = (("rtph265depay", "h265parse") if self.codec == "h265"
-                        else ("rtph264depay", "h264parse"))
-        convert = ["nvvidconv", "!"]
-        if self.pixel_format == "bgr24":
-            convert += [f"video/x-raw,format=BGRx,width={w},height={h}", "!", "videoconvert", "!"]
-            size = ""
-        else:
-            size = f",width={w},height={h}"
-        return ["gst-launch-1.0", "-q", "rtspsrc", f"location={self.url}",
-                f"latency={self.latency_ms}", "protocols=tcp", "!", depay, "!", parse, "!",
-                "nvv4l2decoder", "!", *convert, raw + size, "!", "fdsink", "fd=1"]
-
-    @property
-    def display(self) -> str:
-        """What runs, safe to show: the program and the preset, never credentials."""
-        program = os.path.basename(self.command()[0])
-        return f"command {program}" + (f" ({self.preset})" if self.preset else "")
-
-    def display_argv(self) -> str:
-        """The whole command line with credentials hidden (for the log at start)."""
-        return redact(" ".join(self.command()))
-
-
-def _fraction(fps: float) -> str:
-    """GStreamer's framerate fraction: 15 -> ``15/1``, 7.5 -> ``15/2``, 29.97 -> ``2997/100``."""
-    for den in (1, 2, 4, 100, 1000):
-        num = fps * den
-        if abs(num - round(num)) < 1e-6:
-            return f"{round(num)}/{den}"
-    return f"{round(fps * 1000)}/1000"
 
 
 # -- the child's stderr -----------------------------------------------------------------------

@@ -1,4 +1,5 @@
-"""Microphones (``microphones:``): their configuration and the sources that capture audio.
+"""Microphones (``microphones:``): the sources that capture audio (their settings are
+``MicrophoneConfig`` in ``agent.sources.config``).
 
 Two sources produce the same thing, mono float32 chunks at the model's rate (16 kHz), each
 stamped with the wall-clock time of its end:
@@ -28,198 +29,22 @@ import time
 import wave
 from abc import ABC, abstractmethod
 from collections import deque
-from collections.abc import Iterable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
-from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from agent.clock import Clock
 from agent.sources import capture
 from agent.sources.capture import input_devices as input_devices  # for tests, benchmarks
-from agent.sources.config import SourceCommon
+from agent.sources.config import MicrophoneConfig
 
 logger = logging.getLogger(__name__)
 
 FloatArray = npt.NDArray[np.float32]
 
 MODEL_SAMPLE_RATE = 16_000
-
-DEFAULT_LISTEN = [
-    "speech",
-    "siren",
-    "glass",
-    "shatter",
-    "alarm",
-    "screaming",
-    "dog",
-    "smoke_detector_smoke_alarm",
-]
-"""Labels listened to when a microphone names none (AudioSet catalogue ids)."""
-
-
-# --------------------------------------------------------------------------- configuration
-
-
-class LabelNameOverride(BaseModel):
-    """Display names replacing the catalogue's for one label; either language may be left out."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    en: str | None = None
-    ko: str | None = None
-
-
-class LabelSettings(BaseModel):
-    """Per-label settings of a microphone (the reference's per-label thresholds)."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    threshold: float | None = Field(
-        default=None, ge=0.0, le=1.0, description="confidence needed; default: the microphone's"
-    )
-    min_volume: float | None = Field(
-        default=None, ge=-120.0, le=0.0,
-        description="dBFS the window needs for this label to count; default: the microphone's",
-    )
-    name: LabelNameOverride | None = None
-
-
-class ClipConfig(BaseModel):
-    """The WAV clip attached to sound events."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    enabled: bool = True
-    pre_roll_s: float = Field(
-        default=1.0, ge=0.0, le=10.0, description="audio kept before the sound"
-    )
-    max_seconds: float = Field(default=10.0, gt=0.0, le=120.0, description="longest clip")
-    on_new: bool = Field(default=False, description="also attach what is there so far to `new`")
-
-
-class VadConfig(BaseModel):
-    """Silero VAD as a second opinion for speech labels."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    enabled: bool = False
-    model: Path = Field(
-        default=Path("silero_vad/silero_vad.onnx"),
-        description="relative paths are under models.dir",
-    )
-    threshold: float = Field(default=0.5, ge=0.0, le=1.0, description="speech probability needed")
-    labels: list[str] = Field(
-        default_factory=lambda: ["speech"], description="labels that need the VAD to agree"
-    )
-
-
-class UpdateConfig(BaseModel):
-    """When an ongoing sound is published again as ``update`` (rate-limited)."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    enabled: bool = True
-    min_interval_s: float = Field(
-        default=5.0, ge=0.0, description="at most one update per interval"
-    )
-    min_confidence_rise: float = Field(default=0.1, ge=0.0, le=1.0)
-    min_level_rise_db: float = Field(default=6.0, ge=0.0)
-
-
-class MicrophoneConfig(SourceCommon):
-    """One microphone: a capture device or a WAV file, and what to listen for."""
-
-    device: str | int | None = Field(
-        default=None, description='input device: name (or part of it), index, or "default"'
-    )
-    file: Path | None = Field(default=None, description="a WAV file instead of a device")
-    loop: bool = Field(default=False, description="replay the file from the start at its end")
-    realtime: bool = Field(
-        default=True, description="pace the file in real time; false reads it as fast as possible"
-    )
-    sample_rate: int | None = Field(
-        default=None, ge=8000, le=192_000, description="capture rate; default: the device's"
-    )
-    channels: int = Field(default=1, ge=1, le=32, description="captured, then averaged to mono")
-    block_seconds: float | None = Field(
-        # 50 ms: each callback is a Python call; at the drivers' usual 10-20 ms periods they
-        # alone cost ~1% of a Pi core in a quiet room. A sound is seen at most 50 ms later.
-        default=0.05, gt=0.0, le=0.5,
-        description="capture callback period (null: the driver's, often 10-20 ms). Longer "
-        "blocks cost less CPU (fewer callbacks) and add up to that much event latency",
-    )
-    model: str = Field(default="yamnet", description="a key of models.audio")
-    hop_seconds: float = Field(default=0.48, ge=0.05, le=10.0, description="classify this often")
-    min_volume: float = Field(
-        default=-70.0, ge=-120.0, le=0.0, description="dBFS below which the classifier never runs"
-    )
-    threshold: float = Field(
-        default=0.5, ge=0.0, le=1.0, description="confidence needed, unless a label sets its own"
-    )
-    listen: list[str] = Field(default_factory=lambda: list(DEFAULT_LISTEN))
-    labels: dict[str, LabelSettings] = Field(default_factory=dict)
-    max_not_heard: float = Field(
-        default=2.0, gt=0.0, le=600.0, description="seconds without the label before `end`"
-    )
-    top_k: int = Field(default=5, ge=1, le=50, description="classifications carried per event")
-    updates: UpdateConfig = Field(default_factory=UpdateConfig)
-    clip: ClipConfig = Field(default_factory=ClipConfig)
-    vad: VadConfig = Field(default_factory=VadConfig)
-    reconnect_min_s: float = Field(default=1.0, gt=0.0, le=600.0)
-    reconnect_max_s: float = Field(default=30.0, gt=0.0, le=3600.0)
-
-    @model_validator(mode="after")
-    def _check(self) -> MicrophoneConfig:
-        if (self.device is None) == (self.file is None):
-            raise ValueError(
-                f"microphone {self.id}: set exactly one of `device` (name, index or \"default\") "
-                "or `file` (a WAV path)"
-            )
-        if self.file is not None and self.sample_rate is not None:
-            raise ValueError(
-                f"microphone {self.id}: `sample_rate` applies to devices; a file has its own"
-            )
-        if self.reconnect_max_s < self.reconnect_min_s:
-            raise ValueError(
-                f"microphone {self.id}: `reconnect_max_s` must be at least `reconnect_min_s`"
-            )
-        return self
-
-    def label_threshold(self, label_id: str) -> float:
-        """Confidence the label needs on this microphone."""
-        s = self.labels.get(label_id)
-        return s.threshold if s is not None and s.threshold is not None else self.threshold
-
-    def label_min_volume(self, label_id: str) -> float:
-        """dBFS a window needs for the label to count on this microphone."""
-        s = self.labels.get(label_id)
-        return s.min_volume if s is not None and s.min_volume is not None else self.min_volume
-
-
-def validate_listen(config: MicrophoneConfig, known_ids: Iterable[str]) -> list[str]:
-    """Problems with label ids the microphone names, one line each (empty when all are known).
-
-    The ids are the label catalogue's; the root validator calls this for every microphone.
-    """
-    known = set(known_ids)
-    problems = []
-    for key, ids in (
-        ("listen", config.listen),
-        ("labels", list(config.labels)),
-        ("vad.labels", config.vad.labels if config.vad.enabled else []),
-    ):
-        for label_id in ids:
-            if label_id not in known:
-                problems.append(
-                    f"microphones.{config.id}.{key}: unknown label {label_id!r} "
-                    f"(microphone {config.id}; ids are the label catalogue's, e.g. speech, siren)"
-                )
-    return problems
-
 
 # --------------------------------------------------------------------------- sources
 

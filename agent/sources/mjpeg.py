@@ -23,7 +23,7 @@ import numpy.typing as npt
 from agent.sources.reader import CameraError, FrameReader
 
 if TYPE_CHECKING:
-    from agent.sources.camera import CameraConfig
+    from agent.sources.config import CameraConfig
 
 
 class MjpegReader(FrameReader):

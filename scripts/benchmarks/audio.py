@@ -28,11 +28,12 @@ import numpy as np
 
 from agent.clock import ManualClock, SystemClock
 from agent.events.schema import DeviceRef, Event
-from agent.inference.audio import AudioClassifier, default_audio_models
+from agent.inference.audio import AudioClassifier
+from agent.inference.config import default_audio_models
 from agent.inference.fetch import fetch_models
 from agent.pipeline.audio import AudioWorker, build_audio_worker
 from agent.sources.base import SourceState
-from agent.sources.microphone import MicrophoneConfig
+from agent.sources.config import MicrophoneConfig
 from scripts.benchmarks import Row, worker_cpu_share
 
 SECTION = "audio"

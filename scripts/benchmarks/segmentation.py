@@ -21,7 +21,8 @@ import cv2
 import numpy as np
 
 from agent.config import ModelsConfig
-from agent.inference.detector import Detector, DetectorModelConfig
+from agent.inference.config import DetectorModelConfig
+from agent.inference.detector import Detector
 from agent.inference.fetch import YOLOV3_TINY_ONNX, fetch_models
 from agent.inference.letterbox import letterbox, letterbox_geometry, to_tensor
 from agent.inference.segment import Segmenter
@@ -60,7 +61,7 @@ def _median_ms(samples: list[float]) -> float:
 
 def run(workdir: Path, quick: bool) -> list[Row]:
     """Rows for segmentation post-processing against a real model's session.run."""
-    from tests.inference.onnx_graphs import constant_model
+    from scripts.harness.onnx_graphs import constant_model
 
     models_dir = ModelsConfig().dir
     fetch_models(models_dir, ["yolov3-tiny-coco"], quiet=True)

@@ -27,12 +27,13 @@ import numpy as np
 from agent.clock import SystemClock
 from agent.config import ModelsConfig
 from agent.events.schema import DeviceRef, Event
-from agent.inference.detector import Detector, DetectorModelConfig
+from agent.inference.config import DetectorModelConfig
+from agent.inference.detector import Detector
 from agent.inference.fetch import fetch_models
 from agent.inference.letterbox import letterbox, to_tensor
 from agent.labels import LabelCatalogue
 from agent.pipeline.vision import VisionWorker
-from agent.sources.camera import CameraConfig
+from agent.sources.config import CameraConfig
 from scripts.benchmarks import Row, worker_cpu_share
 
 REPO = Path(__file__).resolve().parents[2]

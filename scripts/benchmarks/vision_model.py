@@ -17,7 +17,8 @@ import numpy as np
 from skimage import data
 
 from agent.config import ModelsConfig
-from agent.inference.detector import Detector, DetectorModelConfig
+from agent.inference.config import DetectorModelConfig
+from agent.inference.detector import Detector
 from agent.inference.fetch import YOLOV3_TINY_ONNX, fetch_models
 from agent.inference.letterbox import letterbox, to_tensor
 from scripts.benchmarks import Row

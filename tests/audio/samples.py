@@ -103,7 +103,8 @@ def models_dir() -> Path:
 @pytest.fixture(scope="session")
 def yamnet(models_dir: Path) -> object:
     """The real YAMNet classifier."""
-    from agent.inference.audio import AudioClassifier, default_audio_models
+    from agent.inference.audio import AudioClassifier
+    from agent.inference.config import default_audio_models
 
     return AudioClassifier("yamnet", default_audio_models()["yamnet"], models_dir)
 

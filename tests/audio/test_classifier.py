@@ -7,14 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from agent.inference.audio import (
-    AudioClassifier,
-    AudioModelConfig,
-    LogMelConfig,
-    LogMelFrontEnd,
-    class_labels,
-    mel_matrix,
-)
+from agent.inference.audio import AudioClassifier, LogMelFrontEnd, class_labels, mel_matrix
+from agent.inference.config import AudioModelConfig, LogMelConfig
 from agent.inference.session import ModelLoadError
 from tests.audio import samples
 from tests.audio.samples import noise, silence, siren, speech

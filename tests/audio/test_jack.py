@@ -132,9 +132,10 @@ import json, os, sys, time
 from pathlib import Path
 from agent.clock import SystemClock
 from agent.events.schema import DeviceRef
-from agent.inference.audio import default_audio_models
+from agent.inference.config import default_audio_models
 from agent.pipeline.audio import build_audio_worker
-from agent.sources.microphone import MicrophoneConfig, PORTAUDIO
+from agent.sources.microphone import PORTAUDIO
+from agent.sources.config import MicrophoneConfig
 
 PORTAUDIO.rescan_now()
 def say(status):

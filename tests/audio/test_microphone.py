@@ -12,15 +12,8 @@ from hypothesis import strategies as st
 from pydantic import ValidationError
 
 from agent.clock import ManualClock
-from agent.sources.microphone import (
-    DEFAULT_LISTEN,
-    MicrophoneConfig,
-    SampleRing,
-    SourceEnded,
-    SourceError,
-    WavFileSource,
-    validate_listen,
-)
+from agent.sources.config import DEFAULT_LISTEN, MicrophoneConfig, validate_listen
+from agent.sources.microphone import SampleRing, SourceEnded, SourceError, WavFileSource
 from tests.audio import samples
 from tests.audio.samples import siren, write_wav
 

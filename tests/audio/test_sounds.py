@@ -6,6 +6,7 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from agent.events.config import UpdateConfig
 from agent.events.schema import DeviceRef, Label, LabelName
 from agent.events.sounds import (
     ClipRecorder,
@@ -15,7 +16,7 @@ from agent.events.sounds import (
     Window,
     rms_dbfs,
 )
-from agent.sources.microphone import MicrophoneConfig, UpdateConfig
+from agent.sources.config import MicrophoneConfig
 
 HOP = 0.48
 WIN = 0.975

@@ -12,10 +12,11 @@ import pytest
 
 from agent.clock import ManualClock
 from agent.events.schema import DeviceRef, Event
-from agent.inference.audio import AudioClassifier, AudioModelConfig, default_audio_models
+from agent.inference.audio import AudioClassifier
+from agent.inference.config import AudioModelConfig, default_audio_models
 from agent.pipeline.audio import AudioWorker, build_audio_worker
 from agent.sources.base import SourceState, SourceStatus
-from agent.sources.microphone import MicrophoneConfig
+from agent.sources.config import MicrophoneConfig
 from tests.audio import samples
 from tests.audio.samples import noise, siren, sound_in_quiet, speech, write_wav
 

@@ -11,12 +11,13 @@ import pytest
 from pydantic import ValidationError
 
 from agent.clock import SystemClock
-from agent.events.classification import ClassifyConfig, LabelHold, grow_box
+from agent.events.classification import LabelHold, grow_box
+from agent.events.config import ClassifyConfig
 from agent.events.schema import DeviceRef
-from agent.inference.detector import DetectorModelConfig
+from agent.inference.config import DetectorModelConfig
 from agent.pipeline.vision import build_vision_worker
 from agent.sources.base import SourceState
-from agent.sources.camera import CameraConfig
+from agent.sources.config import CameraConfig
 from tests.inference import task_graphs as g
 
 REPO = Path(__file__).resolve().parents[2]

@@ -20,9 +20,9 @@ from pathlib import Path
 
 import numpy as np
 
+from agent.inference.config import COCO_KEYPOINTS
 from agent.inference.letterbox import letterbox_geometry
-from agent.inference.tasks import COCO_KEYPOINTS
-from tests.inference.onnx_graphs import constant_model
+from scripts.harness.onnx_graphs import constant_model
 
 INPUT = 640
 PROTO = INPUT // 4

@@ -25,7 +25,7 @@ from agent.inference.letterbox import (
     to_tensor,
     unletterbox_boxes,
 )
-from tests.inference import onnx_graphs as g
+from scripts.harness import onnx_graphs as g
 
 BOXES = np.array([[10, 20, 110, 220], [300, 40, 380, 90]], np.float32)
 CLASSES = np.array([2, 0])

@@ -10,7 +10,7 @@ import numpy as np
 import yaml
 
 from agent.config import EX_CONFIG
-from tests.inference import onnx_graphs as g
+from scripts.harness import onnx_graphs as g
 
 REPO = Path(__file__).resolve().parents[2]
 BOXES = np.array([[10.0, 10.0, 50.0, 60.0]], np.float32)

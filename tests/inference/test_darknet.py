@@ -18,8 +18,9 @@ import onnxruntime as ort
 import pytest
 from skimage import data
 
+from agent.inference.config import DetectorModelConfig
 from agent.inference.darknet import DarknetError, convert_darknet
-from agent.inference.detector import Detector, DetectorModelConfig
+from agent.inference.detector import Detector
 from agent.inference.fetch import (
     YOLOV3_TINY_ONNX,
     FetchError,

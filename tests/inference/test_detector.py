@@ -9,9 +9,10 @@ import numpy as np
 import pytest
 from onnx import TensorProto
 
-from agent.inference.detector import Detector, DetectorModelConfig
+from agent.inference.config import DetectorModelConfig
+from agent.inference.detector import Detector
 from agent.inference.session import ModelLoadError, file_sha256
-from tests.inference import onnx_graphs as g
+from scripts.harness import onnx_graphs as g
 
 REPO_LABELS = Path(__file__).resolve().parents[2] / "models" / "labels"
 LABELS = ["cat", "dog", "car"]

@@ -18,9 +18,9 @@ import numpy as np
 import pytest
 
 from agent.inference.classify import Classifier
-from agent.inference.detector import DetectorModelConfig
+from agent.inference.config import DetectorModelConfig
+from agent.inference.loader import load_vision_model
 from agent.inference.task_fetch import TEXT_DIRECTION
-from agent.inference.tasks import load_vision_model
 from scripts.harness.agent_process import AgentProcess, base_config, events_of
 from scripts.harness.broker import Broker
 

@@ -8,8 +8,9 @@ from pathlib import Path
 import onnxruntime as ort
 import pytest
 
-from agent.inference.session import InferenceSession, SessionConfig
-from tests.inference import onnx_graphs as g
+from agent.inference.config import SessionConfig
+from agent.inference.session import InferenceSession
+from scripts.harness import onnx_graphs as g
 
 
 def test_missing_accelerator_is_warned_and_the_cpu_is_used(

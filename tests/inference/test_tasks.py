@@ -9,13 +9,14 @@ import numpy as np
 import pytest
 
 from agent.inference.classify import Classifier, to_probabilities
-from agent.inference.detector import Detector, DetectorModelConfig
+from agent.inference.config import COCO_KEYPOINTS, DetectorModelConfig
+from agent.inference.detector import Detector
+from agent.inference.loader import load_vision_model
 from agent.inference.pose import PoseEstimator
 from agent.inference.segment import Segmenter
 from agent.inference.session import ModelLoadError
-from agent.inference.tasks import COCO_KEYPOINTS, load_vision_model
+from scripts.harness.onnx_graphs import constant_model
 from tests.inference import task_graphs as g
-from tests.inference.onnx_graphs import constant_model
 
 REPO = Path(__file__).resolve().parents[2]
 FRAMES = [(640, 480), (1280, 720), (480, 640), (333, 250)]
@@ -125,7 +126,7 @@ def test_a_classifier_with_the_wrong_labels_says_so(models: Path, tmp_path: Path
 
 def test_check_config_models_loads_every_kind(models: Path, tmp_path: Path) -> None:
     from agent.config import AgentConfig
-    from agent.inference.check import check_models
+    from agent.model_check import check_models
 
     config = AgentConfig.model_validate({
         "device": {"id": "t"}, "outbox": {"path": str(tmp_path / "outbox")},

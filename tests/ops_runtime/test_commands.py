@@ -18,7 +18,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from agent.mqtt.commands import MAX_PAYLOAD_BYTES, CommandRouter
-from agent.ops_config import COMMAND_NAMES, CommandsConfig
+from agent.mqtt.config import COMMAND_NAMES, CommandsConfig
 
 BASE = "edge-agent/dev"
 

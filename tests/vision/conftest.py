@@ -31,7 +31,7 @@ def models_dir() -> Path:
 
 @pytest.fixture(scope="session")
 def detectors(models_dir: Path) -> dict[str, object]:
-    from agent.inference.detector import DetectorModelConfig
+    from agent.inference.config import DetectorModelConfig
 
     return {MODEL_NAME: DetectorModelConfig(path=Path(f"{MODEL_NAME}.onnx"))}
 

@@ -17,7 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
-from agent.inference.detector import Detector, DetectorModelConfig
+from agent.inference.config import DetectorModelConfig
+from agent.inference.detector import Detector
 from agent.inference.fetch import fetch_models
 from scripts.scenes import HEIGHT, WIDTH, background, paste, sprite
 

@@ -15,7 +15,9 @@ from agent.clock import SystemClock
 from agent.events.schema import DeviceRef
 from agent.pipeline.vision import VisionWorker
 from agent.sources.base import SourceState, StateTracker
-from agent.sources.camera import CameraCapture, CameraConfig, Frame, infer_type, redact_url
+from agent.sources.camera import CameraCapture, Frame
+from agent.sources.config import CameraConfig, infer_type
+from agent.sources.urls import redact_url
 from scripts.harness.mjpeg import MjpegServer, free_port
 from scripts.scenes import static_video, write_images, write_video
 from tests.vision.conftest import Collector

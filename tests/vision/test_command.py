@@ -24,8 +24,9 @@ from agent.events.schema import DeviceRef
 from agent.inference.detections import Detections
 from agent.pipeline.vision import VisionWorker
 from agent.sources.base import SourceState, StateTracker
-from agent.sources.camera import CameraCapture, CameraConfig
-from agent.sources.command import CommandConfig, _jpeg_end
+from agent.sources.camera import CameraCapture
+from agent.sources.command import _jpeg_end
+from agent.sources.config import CameraConfig, CommandConfig
 from tests.vision.conftest import Collector
 from tests.vision.fakes import RedSquareDetector
 

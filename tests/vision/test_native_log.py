@@ -19,7 +19,8 @@ import pytest
 from agent.clock import SystemClock
 from agent.sources import native_log
 from agent.sources.base import SourceState, StateTracker
-from agent.sources.camera import CameraCapture, CameraConfig
+from agent.sources.camera import CameraCapture
+from agent.sources.config import CameraConfig
 from scripts.harness.agent_process import AgentProcess, base_config
 from scripts.harness.broker import Broker, Received
 from scripts.scenes import static_video

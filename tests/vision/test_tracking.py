@@ -14,14 +14,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-from agent.events.objects import (
-    EventContext,
-    ObjectProcessor,
-    ObjectsConfig,
-    SnapshotsConfig,
-)
+from agent.events.config import ObjectsConfig, SnapshotsConfig, TrackingConfig
+from agent.events.objects import EventContext, ObjectProcessor
 from agent.events.schema import DeviceRef, Event, Label, LabelName, SourceRef
-from agent.events.tracking import Tracker, TrackingConfig, box_ios, box_iou, greedy_match
+from agent.events.tracking import Tracker, box_ios, box_iou, greedy_match
 from agent.inference.detections import Detections
 
 LABELS = [Label(id=n, name=LabelName(en=n, ko=k))

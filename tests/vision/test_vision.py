@@ -13,7 +13,7 @@ import pytest
 from agent.clock import SystemClock
 from agent.events.schema import DeviceRef, Event
 from agent.pipeline.vision import VisionWorker, build_vision_worker
-from agent.sources.camera import CameraConfig
+from agent.sources.config import CameraConfig
 from scripts.scenes import CrossingVideo, crossing_video
 from tests.vision.conftest import MODEL_NAME, Collector
 
@@ -85,7 +85,7 @@ def test_a_bad_model_is_an_error_naming_it_while_other_cameras_work(
     tmp_path: Path, detectors, catalogue, models_dir: Path, device: DeviceRef,
     clock: SystemClock, caplog: pytest.LogCaptureFixture,
 ) -> None:
-    from agent.inference.detector import DetectorModelConfig
+    from agent.inference.config import DetectorModelConfig
 
     caplog.set_level(logging.INFO)
     short = crossing_video(tmp_path / "short.avi", still_before_s=0.4, crossing_s=3.0,
@@ -136,7 +136,7 @@ def test_an_unsupported_output_layout_is_an_error(
     import onnx
     from onnx import TensorProto, helper
 
-    from agent.inference.detector import DetectorModelConfig
+    from agent.inference.config import DetectorModelConfig
 
     # A valid graph whose output [1, 1, 7] is no layout we know ([1, 7] is a classifier's).
     graph = helper.make_graph(

@@ -8,18 +8,17 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from agent.events.objects import (
-    EventContext,
+from agent.events.config import (
     LabelFilter,
-    ObjectProcessor,
     ObjectsConfig,
     SnapshotsConfig,
+    TrackingConfig,
     ZoneConfig,
-    points_in_polygon,
 )
+from agent.events.objects import EventContext, ObjectProcessor, points_in_polygon
 from agent.events.schema import DeviceRef, ModelRef, SourceRef
-from agent.events.tracking import TrackingConfig
-from agent.inference.motion import MotionConfig, MotionGate
+from agent.inference.config import MotionConfig
+from agent.inference.motion import MotionGate
 from tests.vision.test_tracking import EMPTY, FRAME, LABELS, H, W, box_at, dets, phases, run
 
 CTX = EventContext(DeviceRef(id="d"), SourceRef(id="cam", kind="camera", name="Cam"),

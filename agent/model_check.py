@@ -36,7 +36,7 @@ def _wanted(config: AgentConfig) -> tuple[list[str], list[str]]:
 def check_models(config: AgentConfig) -> list[str]:
     """Problems with the models ``config`` uses, one line each (empty when all load)."""
     from agent.inference.audio import AudioClassifier, class_labels
-    from agent.inference.tasks import load_vision_model
+    from agent.inference.loader import load_vision_model
 
     models = config.models
     problems: list[str] = []
