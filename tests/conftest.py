@@ -1,4 +1,5 @@
-"""Shared fixtures: a real Mosquitto broker and a recording subscriber."""
+"""Shared fixtures: a real Mosquitto broker and a recording subscriber; a JACK registry
+without the leftovers of earlier runs."""
 
 from __future__ import annotations
 
@@ -9,6 +10,13 @@ import pytest
 
 from scripts.harness.agent_process import AgentProcess
 from scripts.harness.broker import MOSQUITTO, Broker, Recorder
+from scripts.harness.jack import reclaim_stale_servers
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # Before any test loads PortAudio: the audio tests kill JACK servers on purpose, and
+    # the slots those leave in JACK's registry would fill it after a few runs.
+    reclaim_stale_servers()
 
 
 @pytest.fixture

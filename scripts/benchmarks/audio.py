@@ -18,7 +18,6 @@ the real YAMNet, lifecycle and event building) on this machine:
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import time
 from pathlib import Path
@@ -35,6 +34,12 @@ from agent.pipeline.audio import AudioWorker, build_audio_worker
 from agent.sources.base import SourceState
 from agent.sources.config import MicrophoneConfig
 from scripts.benchmarks import Row, worker_cpu_share
+from scripts.harness.jack import (
+    JackUnavailable,
+    reclaim_stale_servers,
+    start_jackd,
+    stop_jackd,
+)
 
 SECTION = "audio"
 REPO = Path(__file__).resolve().parents[2]
@@ -126,22 +131,15 @@ def _model_ms(classifier: AudioClassifier, n: int) -> float:
 
 
 def _jack(name: str) -> subprocess.Popen[bytes] | None:
-    jackd = shutil.which("jackd")
-    waiter = shutil.which("jack_wait")
-    if jackd is None or waiter is None:
+    try:
+        return start_jackd(name, rate=RATE)
+    except JackUnavailable:
         return None
-    proc = subprocess.Popen([jackd, "--no-realtime", "-n", name, "-d", "dummy", "-r",
-                             str(RATE), "-p", "320"], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
-    ok = subprocess.run([waiter, "-s", name, "-w", "-t", "10"], capture_output=True, text=True)
-    if proc.poll() is not None or "available" not in ok.stdout:
-        proc.kill()
-        return None
-    return proc
 
 
 def _jack_rows(models_dir: Path, seconds: float, continuous_ref: float) -> list[Row]:
     """The same CPU figures through the real capture path (sounddevice + JACK dummy card)."""
+    reclaim_stale_servers()
     try:
         import sounddevice as sd
     except OSError:
@@ -197,12 +195,7 @@ def _jack_rows(models_dir: Path, seconds: float, continuous_ref: float) -> list[
         if proc is not None:
             if not terminated:  # before the server goes: PortAudio's JACK back end aborts
                 sd._terminate()
-            proc.terminate()
-            try:
-                proc.wait(5)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(5)
+            stop_jackd(proc)
             sd._initialize()
         for k, v in old.items():
             if v is None:

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 import time
@@ -24,6 +23,7 @@ from pathlib import Path
 import pytest
 
 from agent.sources.base import SourceState
+from scripts.harness.jack import JackUnavailable, start_jackd, stop_jackd
 from tests.audio import samples
 from tests.audio.samples import REPO
 from tests.audio.test_worker import errored, start, wait_for
@@ -31,42 +31,11 @@ from tests.audio.test_worker import errored, start, wait_for
 # Fixtures shared by the audio tests (pytest finds them as module attributes).
 models_dir = samples.models_dir
 
-JACKD = shutil.which("jackd") or "/usr/bin/jackd"
-
-
 def _start_jackd(name: str) -> subprocess.Popen[bytes]:
-    if not Path(JACKD).exists():
-        pytest.skip("jackd is not installed (scripts/setup.sh --dev installs jackd2)")
-    proc = subprocess.Popen(
-        [JACKD, "--no-realtime", "-n", name, "-d", "dummy", "-r", "16000", "-p", "320"],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-        env={**os.environ, "JACK_NO_AUDIO_RESERVATION": "1"},
-    )
-    waiter = shutil.which("jack_wait")
-    deadline = time.monotonic() + 10.0
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            out = proc.stdout.read().decode(errors="replace") if proc.stdout else ""
-            pytest.skip(f"jackd cannot run here: {out.strip()[-300:]}")
-        if waiter is None:
-            time.sleep(1.0)
-            return proc
-        ok = subprocess.run([waiter, "-s", name, "-c"], capture_output=True, text=True)
-        if "running" in ok.stdout and "not running" not in ok.stdout:
-            return proc
-        time.sleep(0.1)
-    proc.kill()
-    pytest.skip("jackd did not come up within 10 s")
-
-
-def _stop_jackd(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
+    try:
+        return start_jackd(name)
+    except JackUnavailable as exc:
+        pytest.skip(str(exc))
 
 
 @pytest.fixture
@@ -87,7 +56,7 @@ def jack(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
         yield jack_inputs[0]["name"]
     finally:
         sd._terminate()  # while the server still runs (see the module docstring)
-        _stop_jackd(proc)
+        stop_jackd(proc)
         sd._initialize()
 
 
@@ -173,10 +142,10 @@ def test_a_vanished_sound_card_is_reported_and_retried(
                 if lines[-1].get("state") == "running":
                     break
         assert lines and lines[-1].get("state") == "running", lines
-        _stop_jackd(proc)  # the sound card goes away under a running stream
+        stop_jackd(proc)  # the sound card goes away under a running stream
         out, _ = child.communicate(timeout=60)
     finally:
-        _stop_jackd(proc)
+        stop_jackd(proc)
         if child.poll() is None:
             child.kill()
             child.wait()
@@ -203,7 +172,7 @@ def test_the_microphone_comes_back_after_the_sound_server_restarts(
                 reconnect_max_s=1.0)
     try:
         wait_for(lambda: run.worker.stats()["windows"] >= 1, timeout=30)
-        _stop_jackd(proc)  # the server dies under the running microphone
+        stop_jackd(proc)  # the server dies under the running microphone
         wait_for(lambda: run.worker.tracker.state is SourceState.RECONNECTING, timeout=30)
         time.sleep(3.0)  # several attempts while it is away: still reconnecting, not error
         assert run.worker.tracker.state is SourceState.RECONNECTING
@@ -214,7 +183,7 @@ def test_the_microphone_comes_back_after_the_sound_server_restarts(
         wait_for(lambda: run.worker.stats()["windows"] >= windows + 3, timeout=30)
     finally:
         run.worker.stop()
-        _stop_jackd(proc)
+        stop_jackd(proc)
     states = [s.state.value for s in run.states]
     first_lost = states.index("reconnecting")
     assert states[:first_lost] == ["running"], states

@@ -15,8 +15,9 @@ from pathlib import Path
 
 from scripts.harness.agent_process import AgentProcess, base_config
 from scripts.harness.broker import Broker, Recorder
+from scripts.harness.jack import stop_jackd
 from tests.audio.samples import models_dir  # noqa: F401  (fixture)
-from tests.audio.test_jack import _start_jackd, _stop_jackd
+from tests.audio.test_jack import _start_jackd
 
 SOURCES = ["s1", "s2", "s3"]
 
@@ -85,7 +86,7 @@ def test_sigterm_after_the_sound_server_died_exits_within_5_s(
     try:
         agent.start()
         assert agent.wait_log("microphone mic: running", 60), agent.log
-        _stop_jackd(jackd)  # the sound server dies under the running stream
+        stop_jackd(jackd)  # the sound server dies under the running stream
         assert agent.wait_log("microphone mic: reconnecting", 30), agent.log
         time.sleep(1.0)  # the stuck close is under way
         assert agent.proc is not None
@@ -94,7 +95,7 @@ def test_sigterm_after_the_sound_server_died_exits_within_5_s(
         code = agent.proc.wait(15)
         took = time.monotonic() - started
     finally:
-        _stop_jackd(jackd)
+        stop_jackd(jackd)
         agent.close()
     assert took < 5.0, f"exit took {took:.1f} s\n{agent.log}"
     assert code == 0
@@ -203,7 +204,7 @@ def test_a_stop_signalled_to_the_whole_group_is_not_a_lost_microphone(
         left = [c.pid for c in children if c.is_running() and c.status() != "zombie"]
     finally:
         agent.close()
-        _stop_jackd(jackd)
+        stop_jackd(jackd)
     assert code == 0 and took < 5.0, (code, took)
     assert not left, f"capture children left running: {left}"
     mic_lines = [x for x in agent.log.splitlines() if "microphone mic" in x]
