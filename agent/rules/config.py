@@ -13,11 +13,12 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from agent.events.schema import RuleRef
+if TYPE_CHECKING:
+    from agent.events.schema import RuleRef
 
 _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
@@ -145,6 +146,10 @@ class RuleConfig(BaseModel):
 
     def to_ref(self) -> RuleRef:
         """The rule as composite events carry it."""
+        # Imported here: the event schema pulls in the inference stage's model reference,
+        # which reading a configuration file does not need.
+        from agent.events.schema import RuleRef
+
         return RuleRef(**self.model_dump())
 
     def window_fingerprint(self) -> str:

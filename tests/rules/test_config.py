@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from agent.rules.config import RuleConfig, RulesError, parse_rules, validate_rules
+
+REPO = Path(__file__).resolve().parents[2]
 
 GOOD: dict[str, Any] = {"id": "glass-burst", "window_seconds": 30, "min_events": 3}
 
@@ -90,3 +96,25 @@ def test_validate_rules_reports_duplicates_built_in_code() -> None:
     assert validate_rules(rules, label_ids=set(), mic_ids=set(), camera_ids=set(),
                           use_cases=set()) == [
         "rules[1] (glass-burst).id: duplicate rule id (also rules[0])"]
+
+
+def test_reading_rules_loads_neither_the_engine_nor_its_state_file() -> None:
+    # A fresh interpreter: in this one, other tests have long imported the engine.
+    heavy = ("agent.rules.engine", "agent.rules.lifecycle", "agent.rules.state", "sqlite3",
+             "agent.events.schema", "agent.inference.session")
+    code = (
+        "import json, sys\n"
+        "from agent.rules import RuleConfig, RulesError, parse_rules, validate_rules\n"
+        "parse_rules([{'id': 'a', 'window_seconds': 5, 'min_events': 2}])\n"
+        f"print(json.dumps([m for m in {heavy!r} if m in sys.modules]))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True,
+                          text=True, timeout=60, check=True)
+    assert json.loads(done.stdout) == []
+
+
+def test_the_engine_is_still_importable_from_the_package() -> None:
+    from agent.rules import RuleEngine
+    from agent.rules.engine import RuleEngine as from_engine
+
+    assert RuleEngine is from_engine
