@@ -248,6 +248,7 @@ class Daemon:
         self.dispatcher = Dispatcher(config, self.outbox, self.link.wake, self._build_engine())
         self.workers: dict[str, Worker] = {}
         self._hung_reported: set[str] = set()
+        self._outbox_state: str | None = None  # last published on .../outbox/status
         # Threads that died of an uncaught exception (threading.excepthook), name -> cause.
         self._deaths: dict[str, str] = {}
         self._deaths_reported: set[str] = set()
@@ -319,6 +320,7 @@ class Daemon:
         if self.discovery is not None:
             self.discovery.announce()
         self.link.start()
+        self.publish_outbox_state()
         for source in self.config.all_sources():
             if source.enabled:
                 self._start_worker(source)
@@ -417,6 +419,7 @@ class Daemon:
                 self.reload()
             self.dispatcher.tick()
             self.outbox.expire()
+            self.publish_outbox_state()
             if self.healthy():
                 self.notifier.watchdog()
             now = self.clock.monotonic()
@@ -474,6 +477,22 @@ class Daemon:
                              "restarts the agent", name, age)
         self._hung_reported = set(hung)
         return not hung and not dead
+
+    def publish_outbox_state(self) -> None:
+        """Retained ``.../outbox/status`` (``ok`` or ``disk_full``), published when it changes.
+
+        The device's own ``.../status`` stays the bare availability word that Home Assistant
+        and the last will use; a full disk is a state of the outbox, not of the device.
+        """
+        ob = self.outbox.stats()
+        state = "disk_full" if ob.disk_full else "ok"
+        if state == self._outbox_state:
+            return
+        self._outbox_state = state
+        payload = {"state": state, "since": round(self.clock.time(), 3), "depth": ob.depth,
+                   "drops": ob.drops.get("disk_full", 0)}
+        self.link.set_retained(self.link.topics.full("outbox/status"),
+                               json.dumps(payload).encode())
 
     def _status_line(self) -> str:
         ob = self.outbox.stats()

@@ -125,6 +125,9 @@ def test_full_disk_broker_down_then_up_space_not_freed_then_freed(
     assert len(distinct) + counted == sum(RUNS), (len(distinct), drops)
     assert len(events) - len(distinct) <= MAX_INFLIGHT, "sent again after a restart"
     assert disk_full_while_short
+    # The retained outbox state said so while it lasted, and says ok again now.
+    states = [json.loads(m.payload)["state"] for m in rec.on("edge-agent/test-edge/outbox/status")]
+    assert "disk_full" in states and states[-1] == "ok", states
     # Three processes, ~35 s, thousands of drops: a few lines, not one per event.
     assert len(noisy_lines(log)) <= 12, noisy_lines(log)
     # The figures docs/reliability.md quotes (pytest -s shows them).
