@@ -8,6 +8,13 @@ packet writes single-threaded and lets us reconnect with our own backoff and jit
 Delivery is at-least-once: a message leaves the outbox only when its PUBACK arrives. What was
 in flight when the connection dropped is released back to the outbox and sent again, in
 order, after the next connect (so only never-acknowledged messages can be duplicated).
+
+This module keeps the connection (connect, reconnect, the network loop, paho's callbacks);
+``MqttLink``'s other jobs are mixins beside it, over the state declared in
+``agent.mqtt.base``: ``delivery`` (from the outbox, PUBACKs, acknowledgements) and ``status``
+(retained statuses, direct publishes, the clean stop). Making clients, backoff and the
+wording of connection errors are in ``agent.mqtt.connect``, topic names in
+``agent.mqtt.topics``.
 """
 
 from __future__ import annotations
@@ -18,165 +25,38 @@ import queue
 import random
 import select
 import socket
-import ssl
 import threading
-import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 import paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
+from paho.mqtt.enums import MQTTErrorCode
 from paho.mqtt.reasoncodes import ReasonCode
 
 from agent.clock import Clock, SystemClock
+from agent.mqtt.base import _Direct
 from agent.mqtt.config import MqttConfig
-from agent.outbox.store import Outbox, OutboxError
+from agent.mqtt.connect import (
+    _PahoErrors,
+    backoff_delay,
+    describe_connect_error,
+    loss_reason,
+    paho_client,
+)
+from agent.mqtt.delivery import ACK_GATHER_MAX, ACK_GATHER_S
+from agent.mqtt.status import OFFLINE, ONLINE, STOP_FLUSH_S, STOPPED, Status
+from agent.mqtt.topics import Topics
+from agent.outbox.store import Outbox
 
 logger = logging.getLogger(__name__)
 
-ONLINE = b"online"
-OFFLINE = b"offline"
-STOPPED = b"stopped"
-
 MessageHandler = Callable[[str, bytes], None]
-
-# Acknowledged keys are gathered for up to this long (seconds) and removed in one commit.
-# During a backlog drain that is a commit per ~100 messages instead of per ~20, which frees
-# the CPU the drain needs; the price is that after a kill -9 the messages acknowledged in
-# those last milliseconds are sent again, like those in flight (same ids).
-ACK_GATHER_S = 0.005
-# ... but no more keys than this in one commit.
-ACK_GATHER_MAX = 1000
 
 CONNACK_MAX_S = 30.0
 """Longest wait for the broker's CONNACK (the keepalive, when shorter) before giving up."""
 
-STOP_FLUSH_S = 1.5
-"""How long a stop waits for the broker to acknowledge the final retained statuses."""
 
-
-class Topics:
-    """Topic names under ``{prefix}/{device_id}``."""
-
-    def __init__(self, prefix: str, device_id: str) -> None:
-        self.base = f"{prefix}/{device_id}"
-
-    def full(self, relative: str) -> str:
-        return f"{self.base}/{relative}"
-
-    @property
-    def status(self) -> str:
-        return self.full("status")
-
-    @property
-    def stats(self) -> str:
-        return self.full("stats")
-
-    def source_status(self, source_id: str) -> str:
-        return self.full(f"sources/{source_id}/status")
-
-    @staticmethod
-    def events(source_id: str) -> str:
-        """Relative topic of a source's events."""
-        return f"events/{source_id}"
-
-    @staticmethod
-    def composite(rule_id: str) -> str:
-        return f"composite/{rule_id}"
-
-    @staticmethod
-    def media(source_id: str, event_id: str, role: str) -> str:
-        return f"media/{source_id}/{event_id}/{role}"
-
-
-@dataclass
-class _Direct:
-    topic: str
-    payload: bytes
-    qos: int
-    retain: bool
-
-
-def paho_client(config: MqttConfig, client_id: str, password: str | None) -> mqtt.Client:
-    """A paho client set up from ``mqtt:``: protocol, clean session, credentials, TLS.
-
-    Every client of the agent's (delivery, ``tail``, Home Assistant removal) is made here, so
-    TLS and hostname checking behave the same everywhere.
-    """
-    protocol = mqtt.MQTTv5 if config.protocol == "5" else mqtt.MQTTv311
-    kwargs: dict[str, Any] = {"client_id": client_id, "protocol": protocol}
-    if protocol == mqtt.MQTTv311:
-        kwargs["clean_session"] = True
-    client = mqtt.Client(CallbackAPIVersion.VERSION2, **kwargs)
-    if config.username is not None:
-        client.username_pw_set(config.username, password)
-    if config.tls.enabled:
-        tls = config.tls
-        client.tls_set(
-            ca_certs=str(tls.ca_file) if tls.ca_file else None,
-            certfile=str(tls.cert_file) if tls.cert_file else None,
-            keyfile=str(tls.key_file) if tls.key_file else None,
-            cert_reqs=ssl.CERT_REQUIRED,
-        )
-        client.tls_insecure_set(not tls.check_hostname)
-    return client
-
-
-class _PahoErrors(logging.Logger):
-    """Stands in for paho's logger: keeps the text of its last error, logs nothing.
-
-    paho reports why a socket failed (``failed to receive on socket: [Errno 104] ...``) only
-    to its logger; its disconnect callback then says ``Unspecified error``. Keeping the text
-    lets the agent say in words why the connection dropped.
-    """
-
-    def __init__(self) -> None:
-        super().__init__("agent.mqtt.paho", logging.ERROR)
-        self.last: str | None = None
-
-    def log(self, level: int, msg: object, *args: Any, **kwargs: Any) -> None:
-        if level >= logging.ERROR:
-            self.last = str(msg) % args if args else str(msg)
-
-
-def loss_reason(reason_code: ReasonCode, from_broker: bool, socket_error: str | None,
-                keepalive: int) -> str:
-    """Why a connection dropped, in words (paho's own reason is often ``Unspecified error``)."""
-    if from_broker:
-        return f"the broker disconnected the agent: {reason_code}"
-    name = reason_code.getName()
-    if name == "Keep alive timeout":
-        return f"no answer from the broker to a keepalive ping within {keepalive} s"
-    if socket_error:
-        # "failed to receive on socket: [Errno 104] Connection reset by peer"
-        text = socket_error.split("] ", 1)[-1] if "] " in socket_error else socket_error
-        return f"network error: {text}"
-    if name == "Protocol error":
-        return "protocol error: the broker sent a packet the agent cannot read"
-    return "the broker closed the connection"
-
-
-def backoff_delay(attempt: int, low: float, high: float, rng: random.Random) -> float:
-    """Exponential backoff with equal jitter: half fixed, half random, capped at ``high``."""
-    ceiling = min(high, low * (2 ** min(attempt, 30)))
-    return ceiling / 2 + rng.uniform(0, ceiling / 2)
-
-
-def describe_connect_error(exc: BaseException) -> str:
-    """A short, actionable reason for a failed TCP/TLS connect."""
-    if isinstance(exc, ssl.SSLCertVerificationError):
-        return f"TLS certificate check failed: {exc.verify_message or exc.reason}"
-    if isinstance(exc, ssl.SSLError):
-        return f"TLS error: {exc.reason or exc}"
-    if isinstance(exc, socket.gaierror):
-        return f"cannot resolve host: {exc.strerror}"
-    if isinstance(exc, OSError) and exc.strerror:
-        return exc.strerror
-    return str(exc) or type(exc).__name__
-
-
-class MqttLink:
+class MqttLink(Status):
     """Owns the broker connection for the agent's whole life."""
 
     def __init__(
@@ -226,6 +106,7 @@ class MqttLink:
         self.delivered = 0
         self.broker_rejected = 0
 
+
     # -- public API, safe from any thread -------------------------------------------------
 
     def start(self) -> None:
@@ -250,30 +131,8 @@ class MqttLink:
                 logger.warning("mqtt: acknowledgement thread did not stop within %.1f s",
                                timeout)
 
-    @property
-    def connected(self) -> bool:
-        return self._connected.is_set()
-
     def wait_connected(self, timeout: float) -> bool:
         return self._connected.wait(timeout)
-
-    def wake(self) -> None:
-        """Interrupt the network thread's select (new outbox data, queued publishes)."""
-        # A full pipe means the loop is awake anyway.
-        with contextlib.suppress(BlockingIOError, OSError):
-            self._wake_w.send(b"\0")
-
-    def set_retained(self, topic: str, payload: bytes) -> None:
-        """Publish retained state now and again after every reconnect (latest value wins)."""
-        with self._retained_lock:
-            self._retained[topic] = payload
-        self._direct.put(_Direct(topic, payload, 1, True))
-        self.wake()
-
-    def publish(self, topic: str, payload: bytes, qos: int = 0, retain: bool = False) -> None:
-        """Fire-and-forget publish of a full topic (stats, command results); not persisted."""
-        self._direct.put(_Direct(topic, payload, qos, retain))
-        self.wake()
 
     def subscribe(self, topic_filter: str, handler: MessageHandler,
                   accept_retained: bool = True) -> None:
@@ -312,6 +171,7 @@ class MqttLink:
             "broker_rejected": self.broker_rejected,
             "last_error": self.last_error,
         }
+
 
     # -- network thread -------------------------------------------------------------------
 
@@ -377,12 +237,6 @@ class MqttLink:
         if self.clean_stop is None:  # stopped while not connected
             self._stopped_offline()
         self._client = None
-
-    def _stopped_offline(self) -> None:
-        self.clean_stop = False
-        logger.warning("mqtt: unclean stop: not connected to %s:%d, so the retained statuses "
-                       "there still show the state before the outage",
-                       self._config.host, self._config.port)
 
     def _sleep(self, seconds: float) -> None:
         """Wait, but wake for stop; keep beating so a backoff is not a hang."""
@@ -459,137 +313,12 @@ class MqttLink:
         # Not closed by the peer: paho gave up on a silent one after a keepalive.
         return self._no_connack(None if peer_closed else self._clock.monotonic() - started)
 
-    def _outbox_room_blocked(self) -> bool:
-        return len(self._inflight) >= self._config.max_inflight
-
-    def _outbox_has_work(self) -> bool:
-        # Cheap check; wait(0) returns at once either way.
-        return self._outbox.wait(0)
-
     def _drain_wake(self) -> None:
         try:
             while self._wake_r.recv(4096):
                 pass
         except (BlockingIOError, OSError):
             pass
-
-    def _send_direct(self, client: mqtt.Client) -> None:
-        while True:
-            try:
-                item = self._direct.get_nowait()
-            except queue.Empty:
-                return
-            client.publish(item.topic, item.payload, qos=item.qos, retain=item.retain)
-
-    def _deliver(self, client: mqtt.Client) -> None:
-        room = self._config.max_inflight - len(self._inflight)
-        if room <= 0:
-            return
-        batch = self._outbox.claim(room)
-        for i, (key, message) in enumerate(batch):
-            info = client.publish(self.topics.full(message.topic), message.payload,
-                                  qos=self._config.qos, retain=message.retain)
-            if info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
-                self._outbox.release([k for k, _ in batch[i:]])
-                return
-            if self._config.qos == 0:
-                self._acked.append(key)
-            else:
-                self._inflight[info.mid] = key
-        self._flush_acks()
-
-    def _flush_acks(self) -> None:
-        """Hand acknowledged (or broker-rejected) keys to the acknowledgement thread."""
-        batch = self._acked + self._rejected
-        if not batch:
-            return
-        self.delivered += len(self._acked)
-        self._acked, self._rejected = [], []
-        with self._ack_lock:
-            if not self._ack_pending:
-                self._ack_last = self._clock.monotonic()
-            self._ack_pending += 1
-        self._ack_queue.put(batch)
-
-    def _ack_loop(self) -> None:
-        """Remove acknowledged messages from the outbox, many batches per transaction."""
-        stopping = False
-        while not stopping:
-            item = self._ack_queue.get()
-            if item is None:
-                break
-            batch, taken = list(item), 1
-            end = time.monotonic() + ACK_GATHER_S  # real time: this is a queue timeout
-            while len(batch) < ACK_GATHER_MAX:
-                try:
-                    more = self._ack_queue.get(timeout=max(0.0, end - time.monotonic()))
-                except queue.Empty:
-                    break
-                if more is None:
-                    stopping = True
-                    break
-                batch.extend(more)
-                taken += 1
-            try:
-                self._outbox.ack(batch)
-            except OutboxError as exc:
-                # Not lost: they stay in the outbox and are sent again (duplicates, by id).
-                logger.error("mqtt: cannot remove %d delivered messages from the outbox: %s",
-                             len(batch), exc)
-            with self._ack_lock:
-                self._ack_pending -= taken
-                self._ack_last = self._clock.monotonic()
-
-    def _clean_stop(self, client: mqtt.Client) -> None:
-        """Send the final statuses, say ``stopped``, wait for the broker to take them, leave.
-
-        The sources' last retained statuses (``stopped``) are queued just before the stop;
-        they go out before the device's own ``stopped``, and the stop counts as clean only
-        when the broker acknowledged all of them (else a consumer would see ``running``).
-        """
-        if not self.connected:
-            self._stopped_offline()
-            return
-        infos: list[mqtt.MQTTMessageInfo] = []
-        while True:
-            try:
-                item = self._direct.get_nowait()
-            except queue.Empty:
-                break
-            info = client.publish(item.topic, item.payload, qos=item.qos, retain=item.retain)
-            if item.retain and item.qos > 0:
-                infos.append(info)
-        infos.append(client.publish(self.topics.status, STOPPED, qos=1, retain=True))
-        end = self._clock.monotonic() + STOP_FLUSH_S
-        sock = client.socket()
-        while (sock is not None and not all(i.is_published() for i in infos)
-               and self._clock.monotonic() < end):
-            try:
-                r, w, _ = select.select([sock], [sock] if client.want_write() else [], [], 0.1)
-            except (OSError, ValueError):
-                break
-            if r and client.loop_read() != MQTTErrorCode.MQTT_ERR_SUCCESS:
-                break
-            if w and client.loop_write() != MQTTErrorCode.MQTT_ERR_SUCCESS:
-                break
-            sock = client.socket()
-        self._flush_acks()
-        missing = sum(not i.is_published() for i in infos)
-        self.clean_stop = missing == 0
-        if missing:
-            # No DISCONNECT: the broker then publishes the last will, so the device reads
-            # offline instead of a stale online.
-            logger.warning("mqtt: unclean stop: the broker did not acknowledge %d of the %d "
-                           "final retained statuses within %.1f s; they may still show the "
-                           "state before the stop (closing without DISCONNECT, so the "
-                           "device's status becomes offline)", missing, len(infos),
-                           STOP_FLUSH_S)
-            if sock is not None:
-                with contextlib.suppress(OSError):
-                    sock.close()
-            return
-        client.disconnect()
-        client.loop_write()
 
     def _lost(self, client: mqtt.Client) -> None:
         """Forget the connection; unacknowledged messages go back to the outbox."""
@@ -602,6 +331,7 @@ class MqttLink:
         self._connected.clear()
         with contextlib.suppress(Exception):  # the socket may already be gone
             client.disconnect()
+
 
     # -- paho callbacks (network thread) ----------------------------------------------------
 
@@ -638,21 +368,6 @@ class MqttLink:
                            self._config.host, self._config.port, reason)
             self.last_error = f"connection lost: {reason}"
 
-    def _on_publish(self, client: mqtt.Client, userdata: Any, mid: int,
-                    reason_code: ReasonCode, properties: Any = None) -> None:
-        key = self._inflight.pop(mid, None)
-        if key is None:
-            return  # a direct publish (status, stats): nothing to acknowledge
-        if reason_code.is_failure:
-            # The broker will never take it (e.g. not authorised for this topic): retrying
-            # would block the queue forever, so it is removed and counted.
-            self.broker_rejected += 1
-            logger.error("mqtt: broker rejected a message: %s (counted as broker_rejected)",
-                         reason_code)
-            self._rejected.append(key)
-        else:
-            self._acked.append(key)
-
     def _on_message(self, client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:
         for topic_filter, (handler, accept_retained) in self._handlers.items():
             if mqtt.topic_matches_sub(topic_filter, message.topic):
@@ -665,3 +380,21 @@ class MqttLink:
                     handler(message.topic, message.payload)
                 except Exception:
                     logger.exception("mqtt: handler for %s failed", message.topic)
+
+
+__all__ = [
+    "ACK_GATHER_MAX",
+    "ACK_GATHER_S",
+    "CONNACK_MAX_S",
+    "OFFLINE",
+    "ONLINE",
+    "STOPPED",
+    "STOP_FLUSH_S",
+    "MessageHandler",
+    "MqttLink",
+    "Topics",
+    "backoff_delay",
+    "describe_connect_error",
+    "loss_reason",
+    "paho_client",
+]

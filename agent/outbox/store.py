@@ -18,6 +18,12 @@ for above ``min_free_bytes`` (measured once a second), so ``on_full`` makes room
 file system refuses; a reserve file is given back when space runs short, so deletes and
 checkpoints always can; a delete that still cannot commit is remembered and retried. A
 corrupt ``outbox.db`` is set aside and what can be read is saved into a fresh one.
+
+This module keeps the queue's core (open, put, claim, ack, release, close); ``Outbox``'s
+other jobs are mixins beside it, over the state declared in ``agent.outbox.base``:
+``index`` (the in-memory index), ``space`` (disk pressure), ``accounting`` (counters, drop
+lines, stats), ``bounds`` (``on_full`` and ``ttl``), ``salvage`` (a corrupt ``outbox.db``)
+and ``migrate`` (version 0.1's ``cache.db``). The types are in ``agent.outbox.records``.
 """
 
 from __future__ import annotations
@@ -25,187 +31,42 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
-import json
 import logging
-import os
-import shutil
-import sqlite3
 import sys
 import threading
-import time
-from bisect import insort
 from collections import OrderedDict, deque
-from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import IO, NamedTuple
+from typing import IO
 
 from agent.clock import Clock, SystemClock
 from agent.fsmodes import private_dir, private_file
 from agent.outbox import db as dbfile
+from agent.outbox.bounds import Bounds, _Plan, strip_inline_media
 from agent.outbox.config import OutboxConfig
 from agent.outbox.db import NewRow, OutboxDb
+from agent.outbox.migrate import Migration
+from agent.outbox.records import (
+    _DB_ERRORS,
+    DROP_REASONS,
+    OutboxError,
+    OutboxMessage,
+    OutboxStats,
+    _Counters,
+    _Meta,
+    _size,
+)
+from agent.outbox.salvage import Salvage
+from agent.outbox.space import RESERVE_NAME  # noqa: F401 (importable from here, as before)
 from agent.outbox.summary import RepeatSummary
 
 logger = logging.getLogger(__name__)
 
-DROP_REASONS = ("full_drop_oldest", "full_reject_new", "max_events", "ttl", "too_large",
-                "disk_full", "corrupt")
-"""Keys of ``OutboxStats.drops``: why a message was dropped or refused.
-
-``disk_full``: refused because the file system had no room even after making room by
-``on_full``; ``corrupt``: could not be read back from a damaged ``outbox.db``.
-"""
-
 _LOCK_NAME = "outbox.lock"
-# Released when the file system runs short, so that deleting (which needs room in the WAL)
-# and checkpointing always can; made again once there is room.
-RESERVE_NAME = "outbox.reserve"
-# Free space is measured at most this often (seconds), and sooner once the outbox has grown
-# by half of the room the last measurement left.
-_SPACE_CHECK_S = 1.0
-# Bytes on disk per byte counted against max_bytes, at worst (SQLite's page fill, 1 KB rows).
-_DISK_PER_BYTE = 1.3
-# What one message counts against max_bytes besides its strings and payload: about what its
-# row costs SQLite (rowid, header, ts, flags), so tiny messages are not counted as free.
-_ROW_OVERHEAD = 24
-# Payloads kept in memory after put so that live delivery does not read them back.
-_RECENT_BYTES = 8 * 1024 * 1024
-# Counters that change on every message (enqueued, acked) are written at most this often
-# (seconds); drops are written with the transaction that drops.
-_COUNTER_FLUSH_S = 1.0
-_DB_ERRORS = (sqlite3.Error, OSError)
-
-
-@dataclass(frozen=True)
-class OutboxMessage:
-    """One message to deliver: a relative MQTT topic and its payload."""
-
-    topic: str
-    payload: bytes
-    stream: str
-    kind: str = "event"
-    retain: bool = False
-
-
-@dataclass(frozen=True)
-class OutboxStats:
-    """What the stats topic reports about the outbox."""
-
-    depth: int
-    bytes: int
-    oldest_age_s: float | None
-    in_flight: int
-    enqueued: int
-    acked: int
-    drops: dict[str, int]
-    shed: int
-    disk_full: bool = False
-    """The file system is below ``min_free_bytes`` or refused a write: the outbox keeps
-    within the space left, making room by ``on_full``."""
-    set_aside_bytes: int = 0
-    """Bytes of corrupt databases kept beside the outbox (counted against ``max_bytes``)."""
-
-
-class OutboxError(RuntimeError):
-    """The outbox cannot read or write its directory; the message names the path and cause."""
-
-
-class _Meta(NamedTuple):
-    """What the index knows about a stored message without reading its row."""
-
-    stream: str
-    size: int
-    ts: float
-    kind: str
-    sheddable: bool
-
-
-@dataclass
-class _Counters:
-    enqueued: int = 0
-    acked: int = 0
-    shed: int = 0
-    next_key: int = 1
-    drops: dict[str, int] = field(default_factory=lambda: dict.fromkeys(DROP_REASONS, 0))
-
-    def to_json(self) -> str:
-        return json.dumps(
-            {
-                "enqueued": self.enqueued,
-                "acked": self.acked,
-                "shed": self.shed,
-                "next_key": self.next_key,
-                "drops": self.drops,
-            },
-            sort_keys=True,
-        )
-
-    @classmethod
-    def from_json(cls, text: str) -> _Counters:
-        raw = json.loads(text)
-        counters = cls(
-            enqueued=int(raw.get("enqueued", 0)),
-            acked=int(raw.get("acked", 0)),
-            shed=int(raw.get("shed", 0)),
-            next_key=int(raw.get("next_key", 1)),
-        )
-        for reason, count in dict(raw.get("drops", {})).items():
-            counters.drops[str(reason)] = int(count)
-        return counters
-
-    def copy(self) -> _Counters:
-        return _Counters(self.enqueued, self.acked, self.shed, self.next_key, dict(self.drops))
-
-
-@dataclass
-class _Plan:
-    """Changes that make room for new messages, applied to memory only after the commit."""
-
-    drops: list[tuple[int, str]] = field(default_factory=list)
-    shed_drop: list[int] = field(default_factory=list)
-    shed_rewrite: dict[int, tuple[bytes, int]] = field(default_factory=dict)  # payload, size
-    not_sheddable: list[int] = field(default_factory=list)  # events with nothing to strip
-
-    def __bool__(self) -> bool:
-        return bool(self.drops or self.shed_drop or self.shed_rewrite)
-
-
-_NO_PLAN = _Plan()  # shared: nothing to do (never modified)
 _NO_KEYS: list[int] = []  # shared: no keys (never modified)
 
 
-def _size(kind: str, topic: str, stream: str, payload_size: int) -> int:
-    """Bytes a message counts against ``max_bytes``."""
-    return (_ROW_OVERHEAD + len(kind.encode()) + len(topic.encode()) + len(stream.encode())
-            + payload_size)
-
-
-def strip_inline_media(payload: bytes) -> bytes | None:
-    """The event JSON with ``images[].data`` and ``audio.data`` set to null, or None if none."""
-    try:
-        event = json.loads(payload)
-    except ValueError:
-        return None
-    if not isinstance(event, dict):
-        return None
-    changed = False
-    images = event.get("images")
-    if isinstance(images, list):
-        for image in images:
-            if isinstance(image, dict) and image.get("data") is not None:
-                image["data"] = None
-                changed = True
-    audio = event.get("audio")
-    if isinstance(audio, dict) and audio.get("data") is not None:
-        audio["data"] = None
-        changed = True
-    if not changed:
-        return None
-    return json.dumps(event, ensure_ascii=False, separators=(",", ":")).encode()
-
-
-class Outbox:
+class Outbox(Bounds, Salvage, Migration):
     """A durable, bounded, per-stream FIFO queue of messages waiting for the broker.
 
     ``put``/``put_many`` may be called from any number of threads; one delivery thread calls
@@ -273,18 +134,6 @@ class Outbox:
 
     # ------------------------------------------------------------------ opening
 
-    def _error(self, action: str, exc: BaseException) -> OutboxError:
-        cause = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
-        name = getattr(exc, "sqlite_errorname", None)
-        if name:
-            cause = f"{cause} ({name})"
-        if action == "write":
-            # "disk I/O error" alone does not tell an operator whether the card is full.
-            with contextlib.suppress(OSError):
-                free = shutil.disk_usage(self._path).free
-                cause = f"{cause}; {free / 1e6:.1f} MB free on its file system"
-        return OutboxError(f"outbox {self._path}: cannot {action}: {cause}")
-
     def _open(self) -> OutboxDb:
         try:
             private_dir(self._path)  # 0700 / 0600 whatever the umask: events are private
@@ -334,34 +183,6 @@ class Outbox:
             self._release_resources()
             raise self._error("open", exc) from exc
 
-    def _open_db(self) -> OutboxDb:
-        """The one place that opens ``outbox.db`` (new or existing)."""
-        return OutboxDb(self._path, self._config.durability, self._reserve_bytes)
-
-    def _stamp(self) -> str:
-        return time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(self._clock.time()))
-
-    def _set_aside(self, exc: BaseException) -> OutboxDb:
-        """Move a corrupt ``outbox.db`` aside and open a fresh one (filled by ``_load``)."""
-        stamp = self._stamp()
-        db_path = self._path / dbfile.FILE_NAME
-        aside = db_path.with_name(f"{dbfile.FILE_NAME}{dbfile.CORRUPT_INFIX}{stamp}")
-        n = 1
-        while aside.exists():
-            aside = aside.with_name(f"{dbfile.FILE_NAME}{dbfile.CORRUPT_INFIX}{stamp}-{n}")
-            n += 1
-        db_path.rename(aside)
-        # The WAL belongs to the damaged file: beside a fresh database it would be replayed.
-        wal = self._path / f"{dbfile.FILE_NAME}-wal"
-        if wal.exists():
-            wal.rename(aside.with_name(f"{aside.name}-wal"))
-        (self._path / f"{dbfile.FILE_NAME}-shm").unlink(missing_ok=True)
-        # quick_check's report spans lines ("*** in database main ***\nPage 88: ...").
-        cause = " ".join(str(exc).replace("*** in database main ***", "").split())
-        self._corrupt = (aside, cause or type(exc).__name__)
-        self._find_aside()
-        return self._open_db()
-
     def _load(self) -> None:
         """Rebuild the index from the rows; everything not acked becomes claimable again."""
         if self._corrupt is not None:
@@ -385,289 +206,6 @@ class Outbox:
         if self._meta:
             logger.info("outbox %s: %d messages (%d bytes) waiting from before",
                         self._path, len(self._meta), self._bytes)
-
-    def _migrate(self) -> None:
-        """Move the messages of an earlier version's diskcache store into this database."""
-        legacy_path = self._path / dbfile.LEGACY_FILE
-        moved = 0
-        try:
-            legacy = dbfile.LegacyStore(self._path)
-            try:
-                counters = legacy.counters()
-                if counters is not None and self._db.counters() is None:
-                    self._db.set_counters(counters)
-                # A commit per batch, keys kept and existing ones skipped: a migration cut
-                # short by a crash is simply done again.
-                for rows in legacy.batches():
-                    with self._db.transaction():
-                        self._db.insert(rows, ignore_existing=True)
-                    moved += len(rows)
-                unreadable = legacy.unreadable
-            finally:
-                legacy.close()
-            dbfile.remove_legacy(self._path)
-        except _DB_ERRORS as exc:
-            if dbfile.is_corrupt(exc):
-                # What was moved is committed; the rest cannot be read. Keep the device up.
-                aside = legacy_path.with_name(
-                    f"{legacy_path.name}{dbfile.CORRUPT_INFIX}{self._stamp()}")
-                legacy_path.rename(aside)
-                dbfile.remove_legacy(self._path)
-                self._find_aside()
-                logger.error("outbox %s: corrupt (%s), written by an earlier version; set aside "
-                             "as %s: %d messages moved into %s, the rest unreadable and not "
-                             "counted", legacy_path, exc, aside.name, moved, dbfile.FILE_NAME)
-                return
-            raise OutboxError(
-                f"outbox {self._path}: cannot move the messages of {legacy_path.name} (written "
-                f"by an earlier version) into {dbfile.FILE_NAME}: {exc}"
-            ) from exc
-        logger.info("outbox %s: moved %d waiting messages from %s into %s", self._path, moved,
-                    legacy_path.name, dbfile.FILE_NAME)
-        if unreadable:
-            logger.error("outbox %s: %d messages in %s were unreadable and are lost",
-                         self._path, unreadable, legacy_path.name)
-
-    def _salvage(self, aside: Path, cause: str) -> None:
-        """Copy what can be read from the set-aside file into the fresh database; count the
-        rest as drops "corrupt" (and "disk_full" for rows there was no room for)."""
-        source = dbfile.SalvageStore(aside)
-        moved = no_room = 0
-        last = 0
-        try:
-            text = source.counters()
-            counters = _Counters()
-            with contextlib.suppress(ValueError, TypeError, AttributeError):
-                counters = _Counters.from_json(text) if text is not None else _Counters()
-            for rows in source.batches():
-                last = max(last, rows[-1].key)
-                if no_room:
-                    no_room += len(rows)
-                    continue
-                try:
-                    with self._db.transaction():
-                        self._db.insert(rows, ignore_existing=True)
-                    moved += len(rows)
-                except _DB_ERRORS as exc:
-                    if not dbfile.is_full(exc):
-                        raise
-                    no_room += len(rows)
-        finally:
-            source.close()
-            # Reading it made an empty WAL and an index beside it: not part of the evidence.
-            (aside.parent / f"{aside.name}-shm").unlink(missing_ok=True)
-            wal = aside.parent / f"{aside.name}-wal"
-            with contextlib.suppress(OSError):
-                if wal.stat().st_size == 0:
-                    wal.unlink()
-            self._find_aside()
-        counters.drops["corrupt"] = counters.drops.get("corrupt", 0) + source.unreadable
-        counters.drops["disk_full"] = counters.drops.get("disk_full", 0) + no_room
-        counters.next_key = max(counters.next_key, last + 1)
-        try:
-            self._db.set_counters(counters.to_json())
-        except _DB_ERRORS as exc:
-            raise self._error("write", exc) from exc
-        if source.cause and not moved and not source.unreadable:
-            counted = "nothing could be read from it, and how many messages it held is unknown"
-        else:
-            counted = (f"{moved} messages saved into a fresh {dbfile.FILE_NAME}, "
-                       f"{source.unreadable} unreadable (counted as drops \"corrupt\")")
-            if no_room:
-                counted += f", {no_room} without room (counted as \"disk_full\")"
-        logger.error("outbox %s: corrupt (%s); set aside as %s: %s", aside.parent /
-                     dbfile.FILE_NAME, cause, aside.name, counted)
-
-    # ------------------------------------------------------------------ disk space
-
-    def _find_aside(self) -> None:
-        """The corrupt databases set aside earlier, oldest first, with their sizes."""
-        found: dict[str, int] = {}
-        for path in self._path.glob(f"*{dbfile.CORRUPT_INFIX}*"):
-            base = path.name.removesuffix("-wal").removesuffix("-shm")
-            with contextlib.suppress(OSError):
-                found[base] = found.get(base, 0) + path.stat().st_size
-        self._aside = [(self._path / name, size) for name, size in sorted(found.items())]
-        self._aside_bytes = sum(size for _, size in self._aside)
-        self._update_limit()
-
-    def _remove_oldest_aside(self) -> None:
-        path, size = self._aside.pop(0)
-        self._aside_bytes -= size
-        self._update_limit()
-        for name in (path.name, f"{path.name}-wal", f"{path.name}-shm"):
-            with contextlib.suppress(OSError):
-                (path.parent / name).unlink()
-        logger.warning("outbox %s: removed %s (%d bytes) to make room: set-aside files count "
-                       "against max_bytes", self._path, path.name, size)
-        self._space_checked = float("-inf")
-
-    def _free_bytes(self) -> int | None:
-        try:
-            return shutil.disk_usage(self._path).free
-        except OSError:
-            return None
-
-    def _release_reserve(self) -> bool:
-        """Delete the reserve file; True if there was one."""
-        try:
-            (self._path / RESERVE_NAME).unlink()
-        except OSError:
-            return False
-        return True
-
-    def _make_reserve(self) -> None:
-        path = self._path / RESERVE_NAME
-        try:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o600)
-            try:
-                os.posix_fallocate(fd, 0, self._reserve_bytes)
-            finally:
-                os.close(fd)
-        except OSError:
-            with contextlib.suppress(OSError):
-                path.unlink()
-
-    def _check_space(self, force: bool = False) -> None:
-        """Fit the outbox to the file system's free space (``_lock`` held).
-
-        Below ``min_free_bytes`` (the reserve given back first) the outbox stops growing:
-        what it adds, it must make room for by ``on_full``. Above it, it may grow by what
-        the file system still has over ``min_free_bytes`` plus the pages free inside the
-        file, less the WAL's room, at the worst page fill.
-        """
-        now = self._clock.monotonic()
-        if not force and now - self._space_checked < _SPACE_CHECK_S and (
-                self._bytes - self._space_bytes < self._space_room // 2):
-            return
-        self._space_checked = now
-        free = self._free_bytes()
-        if free is None:
-            return
-        reserve = self._path / RESERVE_NAME
-        has_reserve = reserve.exists()
-        headroom = free - self._config.min_free_bytes
-        if headroom < 0 and has_reserve and self._release_reserve():
-            headroom += self._reserve_bytes
-            has_reserve = False
-        try:
-            with self._db_lock:
-                reusable = self._db.free_pages_bytes()
-        except _DB_ERRORS:
-            reusable = 0
-        short = headroom < 0
-        if short and not self._disk_full:
-            self._disk_full = True
-            self._checkpoint()
-            logger.warning(
-                "outbox %s: only %.1f MB free on its file system, below outbox.min_free_bytes "
-                "(%.1f MB): the outbox stops growing and makes room per on_full=%s until "
-                "space is freed", self._path, free / 1e6, self._config.min_free_bytes / 1e6,
-                self._config.on_full)
-        elif self._disk_full and headroom > self._reserve_bytes:
-            self._disk_full = False
-            logger.info("outbox %s: %.1f MB free on its file system again; storing normally",
-                        self._path, free / 1e6)
-        if not has_reserve and headroom > 2 * self._reserve_bytes:
-            self._make_reserve()
-            headroom -= self._reserve_bytes
-        try:
-            wal = (self._path / f"{dbfile.FILE_NAME}-wal").stat().st_size
-        except OSError:
-            wal = 0
-        room = max(0, headroom - max(0, self._reserve_bytes - wal)) + reusable
-        self._space_room = int(room / _DISK_PER_BYTE)
-        self._space_bytes = self._bytes
-        self._disk_cap = self._bytes + self._space_room
-        self._update_limit()
-
-    def _update_limit(self) -> None:
-        """What the outbox may hold now: ``max_bytes`` less the set-aside files, and no
-        more than the file system has room for."""
-        self._limit = min(self._config.max_bytes - self._aside_bytes, self._disk_cap)
-
-    def _checkpoint(self) -> None:
-        with self._db_lock, contextlib.suppress(*_DB_ERRORS):
-            self._db.checkpoint()
-
-    def _space_refused(self) -> None:
-        """A write failed for want of space: give back the reserve, cut the WAL, measure."""
-        self._release_reserve()
-        self._checkpoint()
-        self._check_space(force=True)
-        if not self._disk_full:
-            self._disk_full = True
-            logger.warning("outbox %s: the file system refused a write (full); making room "
-                           "per on_full=%s", self._path, self._config.on_full)
-
-    def _index(self, key: int, stream: str, kind: str, size: int, ts: float, sheddable: bool
-               ) -> None:
-        self._meta[key] = _Meta(stream, size, ts, kind, sheddable)
-        self._bytes += size
-        if sheddable and self._config.on_full == "shed_images":
-            self._sheddable.append(key)
-            # Acked and dropped keys leave from the front, so this stays as long as the queue.
-            head = self._sheddable
-            while head[0] not in self._meta:
-                head.popleft()
-        self._make_ready(stream, key)
-
-    # ------------------------------------------------------------------ in-memory index
-
-    def _make_ready(self, stream: str, key: int) -> None:
-        ready = self._ready.get(stream)
-        if ready is None:
-            ready = self._ready[stream] = deque()
-            self._rr[stream] = None
-        if not ready or key > ready[-1]:
-            ready.append(key)
-        elif key < ready[0]:
-            ready.appendleft(key)
-        else:
-            insort(ready, key)
-
-    def _forget(self, key: int) -> _Meta | None:
-        """Remove a message from every in-memory structure (after its row is gone)."""
-        meta = self._meta.pop(key, None)
-        if meta is None:
-            return None
-        self._bytes -= meta.size
-        if key in self._claimed:
-            self._claimed.discard(key)
-        else:
-            ready = self._ready.get(meta.stream)
-            if ready:
-                if ready[0] == key:
-                    ready.popleft()
-                else:
-                    with contextlib.suppress(ValueError):
-                        ready.remove(key)
-                if not ready:
-                    del self._ready[meta.stream]
-                    del self._rr[meta.stream]
-        recent = self._recent.pop(key, None)
-        if recent is not None:
-            self._recent_bytes -= len(recent.payload)
-        return meta
-
-    def _remember(self, key: int, message: OutboxMessage) -> None:
-        size = len(message.payload)
-        if size > _RECENT_BYTES // 4:
-            return
-        self._recent[key] = message
-        self._recent_bytes += size
-        while self._recent_bytes > _RECENT_BYTES:
-            _, old = self._recent.popitem(last=False)
-            self._recent_bytes -= len(old.payload)
-
-    def _oldest_first(self, skip: set[int]) -> Iterator[int]:
-        """Keys oldest first: those not in flight, then those in flight."""
-        for key in self._meta:
-            if key not in self._claimed and key not in skip:
-                yield key
-        for key in sorted(self._claimed):
-            if key not in skip and key not in self._acking and key not in self._ack_pending:
-                yield key
 
     # ------------------------------------------------------------------ writing
 
@@ -760,164 +298,6 @@ class Outbox:
             self._remember(row.key, message)
         self._cond.notify_all()
 
-    def _plan_room(self, add_bytes: int, add_count: int) -> _Plan | None:
-        """Decide what to shed or drop for ``add_bytes``/``add_count`` more, None to refuse."""
-        config = self._config
-        if add_bytes > config.max_bytes:
-            self._refuse("too_large", add_count)
-            return None
-        # Messages being acknowledged are as good as gone: their delete commits before ours
-        # (or with it, for those whose delete is still pending).
-        gone_bytes = self._acking_bytes + self._ack_pending_bytes
-        over_bytes = self._bytes - gone_bytes + add_bytes - self._limit
-        # Set-aside corrupt files count against max_bytes and go first, oldest first.
-        while over_bytes > 0 and self._aside:
-            self._remove_oldest_aside()
-            self._check_space(force=True)
-            over_bytes = self._bytes - gone_bytes + add_bytes - self._limit
-        over_count = 0
-        if config.max_events is not None:
-            if add_count > config.max_events:
-                self._refuse("max_events", add_count)
-                return None
-            over_count = (len(self._meta) - len(self._acking) - len(self._ack_pending)
-                          + add_count - config.max_events)
-        if over_bytes <= 0 and over_count <= 0:
-            return _NO_PLAN
-        plan = _Plan()
-        if config.on_full == "reject_new":
-            self._refuse("full_reject_new", add_count)
-            return None
-        chosen: set[int] = set()
-        if config.on_full == "shed_images":
-            # Oldest first: media messages go, events lose their inline images and audio.
-            for key in self._sheddable:
-                if over_bytes <= 0 and over_count <= 0:
-                    break
-                meta = self._meta.get(key)
-                if meta is None or not meta.sheddable or key in self._acking:
-                    continue
-                if meta.kind == "media":
-                    plan.shed_drop.append(key)
-                    chosen.add(key)
-                    over_bytes -= meta.size
-                    over_count -= 1
-                elif over_bytes > 0:
-                    stripped = self._stripped(key)
-                    if stripped is None:
-                        plan.not_sheddable.append(key)
-                    else:
-                        plan.shed_rewrite[key] = stripped
-                        over_bytes -= meta.size - stripped[1]
-        for key in self._oldest_first(chosen):
-            if over_bytes <= 0 and over_count <= 0:
-                break
-            reason = "full_drop_oldest" if over_bytes > 0 else "max_events"
-            plan.drops.append((key, reason))
-            stripped = plan.shed_rewrite.pop(key, None)
-            over_bytes -= self._meta[key].size if stripped is None else stripped[1]
-            over_count -= 1
-        if over_bytes > 0 and self._disk_cap < config.max_bytes - self._aside_bytes:
-            # Nothing left to drop and the disk has no room: refuse rather than let the
-            # file system refuse (and drop nothing old for a message that is not stored).
-            self._refuse("disk_full", add_count)
-            return None
-        return plan
-
-    def _stripped(self, key: int) -> tuple[bytes, int] | None:
-        """Event ``key``'s payload without inline media and its new size; None if nothing."""
-        message = self._recent.get(key)
-        if message is None:
-            message = self._read([key]).get(key)
-            if message is None:
-                return None
-        payload = strip_inline_media(message.payload)
-        if payload is None:
-            return None
-        return payload, self._meta[key].size - len(message.payload) + len(payload)
-
-    def _refuse(self, reason: str, count: int) -> None:
-        self._counters.drops[reason] = self._counters.drops.get(reason, 0) + count
-        self._counters_dirty = True
-        self._drop_log.add(reason, count, lambda: self._drop_line(reason, count))
-        # Not worth a commit per refused message while full; at most one per interval.
-        if self._flush_due():
-            with contextlib.suppress(OutboxError):  # kept dirty; written with a later commit
-                self._flush_counters()
-
-    def _drop_line(self, reason: str, count: int) -> str:
-        """The first line of an episode of drops: what happens and what to do about it."""
-        config, where = self._config, f"outbox {self._path}"
-        state = f"{len(self._meta)} messages, {self._bytes} bytes"
-        disk = ""
-        if self._disk_cap < config.max_bytes - self._aside_bytes:
-            free = self._free_bytes()
-            disk = (f"; bounded by its file system ({(free or 0) / 1e6:.1f} MB free, "
-                    f"outbox.min_free_bytes {config.min_free_bytes / 1e6:.1f} MB)")
-        lines = {
-            "full_drop_oldest": f"{where}: full ({state}{disk}); dropping the oldest messages "
-                                f"per on_full={config.on_full}",
-            "full_reject_new": f"{where}: full ({state}{disk}); refusing new messages per "
-                               f"on_full=reject_new",
-            "max_events": f"{where}: holds max_events={config.max_events}; dropping the oldest",
-            "ttl": f"{where}: dropped {count} message(s) older than ttl={config.ttl} s",
-            "too_large": f"{where}: refused a message larger than max_bytes={config.max_bytes}",
-            "disk_full": f"{where}: cannot store new messages: its file system is full"
-                         f"{disk or ''} and nothing is left to drop",
-            "shed": f"{where}: full ({state}{disk}); stripping images and clips from the "
-                    f"oldest events per on_full=shed_images",
-        }
-        return f"{lines.get(reason, f'{where}: dropped {count} ({reason})')} (counted in the "\
-               f"stats' drops; repeats are summarised once a minute)"
-
-    def _count_plan(self, plan: _Plan, counters: _Counters) -> None:
-        for _, reason in plan.drops:
-            counters.drops[reason] = counters.drops.get(reason, 0) + 1
-        counters.shed += len(plan.shed_drop) + len(plan.shed_rewrite)
-
-    def _write_plan(self, plan: _Plan) -> None:
-        """Inside a transaction: delete and rewrite the rows the plan names."""
-        gone = [key for key, _ in plan.drops] + plan.shed_drop
-        if gone:
-            self._db.delete(gone)
-        for key, (payload, _) in plan.shed_rewrite.items():
-            self._db.replace_payload(key, payload)
-
-    def _apply_plan(self, plan: _Plan) -> None:
-        """After the commit: make the index agree with the rows."""
-        for key, _ in plan.drops:
-            self._forget(key)
-        for key in plan.shed_drop:
-            self._forget(key)
-        for key, (_, size) in plan.shed_rewrite.items():
-            meta = self._meta.get(key)
-            if meta is None:
-                continue
-            self._meta[key] = meta._replace(size=size, sheddable=False)
-            self._bytes += size - meta.size
-            recent = self._recent.pop(key, None)
-            if recent is not None:
-                self._recent_bytes -= len(recent.payload)
-        for key in plan.not_sheddable:
-            meta = self._meta.get(key)
-            if meta is not None:
-                self._meta[key] = meta._replace(sheddable=False)
-        sheddable = self._sheddable
-        while sheddable and (
-            sheddable[0] not in self._meta or not self._meta[sheddable[0]].sheddable
-        ):
-            sheddable.popleft()
-        # While full, every put drops something: one line, then a count once a minute.
-        reasons: dict[str, int] = {}
-        for _, reason in plan.drops:
-            reasons[reason] = reasons.get(reason, 0) + 1
-        shed = len(plan.shed_drop) + len(plan.shed_rewrite)
-        if shed:
-            reasons["shed"] = shed
-        for reason, count in reasons.items():
-            line = self._drop_line(reason, count) if not self._drop_log.active else ""
-            self._drop_log.add(reason, count, lambda: line)  # noqa: B023 (called at once)
-
     # ------------------------------------------------------------------ delivery
 
     def claim(self, limit: int) -> list[tuple[int, OutboxMessage]]:
@@ -950,25 +330,6 @@ class Outbox:
                     continue  # its row vanished: already logged and forgotten by _read
                 self._claimed.add(key)
                 out.append((key, message))
-        return out
-
-    def _read(self, keys: list[int]) -> dict[int, OutboxMessage]:
-        """Messages from the database (those no longer in memory), in one query."""
-        try:
-            found = self._db.messages(keys)
-        except _DB_ERRORS as exc:
-            raise self._error("read", exc) from exc
-        out: dict[int, OutboxMessage] = {}
-        for key in keys:
-            row = found.get(key)
-            if row is None:
-                logger.error("outbox %s: message %d has no row; forgetting it", self._path, key)
-                meta = self._meta.pop(key, None)
-                if meta is not None:
-                    self._bytes -= meta.size
-                continue
-            topic, payload, stream, kind, retain = row
-            out[key] = OutboxMessage(topic, payload, stream, kind, retain)
         return out
 
     def ack(self, keys: Iterable[int]) -> None:
@@ -1099,82 +460,6 @@ class Outbox:
             self._drop_log.tick()
             self._error_log.tick()
             return self._expire_locked(self._clock.time())
-
-    def _expire_locked(self, now: float) -> int:
-        ttl = self._config.ttl
-        if ttl is None or not self._meta:
-            return 0
-        cutoff = now - ttl
-        victims: list[int] = []
-        for key, meta in self._meta.items():
-            if key in self._claimed:
-                continue  # in flight: it leaves by ack, or expires after release
-            if meta.ts > cutoff:
-                break
-            victims.append(key)
-        if not victims:
-            return 0
-        counters = self._counters.copy()
-        counters.drops["ttl"] = counters.drops.get("ttl", 0) + len(victims)
-        try:
-            with self._db_lock, self._db.transaction():
-                self._db.delete(victims)
-                self._db.set_counters(counters.to_json())
-        except _DB_ERRORS as exc:
-            if not dbfile.is_full(exc):
-                raise self._error("write", exc) from exc
-            # Expired messages stay until a later try: a full disk must not fail the put
-            # or the claim that came here first.
-            self._release_reserve()
-            line = f"{self._error('write', exc)}; messages past their ttl are dropped later"
-            self._error_log.add("ttl", 1, lambda: line)
-            return 0
-        self._counters = counters
-        self._flushed()
-        for key in victims:
-            self._forget(key)
-        self._drop_log.add("ttl", len(victims), lambda: self._drop_line("ttl", len(victims)))
-        return len(victims)
-
-    # ------------------------------------------------------------------ counters and stats
-
-    def _flush_due(self) -> bool:
-        return self._counters_dirty and (
-            self._clock.monotonic() - self._counters_flushed >= _COUNTER_FLUSH_S
-        )
-
-    def _flushed(self) -> None:
-        self._counters_dirty = False
-        self._counters_flushed = self._clock.monotonic()
-
-    def _flush_counters(self) -> None:
-        try:
-            with self._db_lock:
-                self._db.set_counters(self._counters.to_json())
-        except _DB_ERRORS as exc:
-            raise self._error("write", exc) from exc
-        self._flushed()
-
-    def stats(self) -> OutboxStats:
-        """Depth, bytes, age of the oldest message and counters since the store was created."""
-        with self._lock:
-            oldest = None
-            if self._meta:
-                first = next(iter(self._meta.values()))
-                oldest = max(0.0, self._clock.time() - first.ts)
-            c = self._counters
-            return OutboxStats(
-                depth=len(self._meta),
-                bytes=self._bytes,
-                oldest_age_s=oldest,
-                in_flight=len(self._claimed),
-                enqueued=c.enqueued,
-                acked=c.acked,
-                drops=dict(c.drops),
-                shed=c.shed,
-                disk_full=self._disk_full,
-                set_aside_bytes=self._aside_bytes,
-            )
 
     # ------------------------------------------------------------------ closing
 
