@@ -30,6 +30,7 @@ from agent.events.config import UseCaseConfig
 from agent.ids import TopicId
 from agent.inference.audio import AudioModelConfig, default_audio_models
 from agent.inference.detector import DetectorModelConfig
+from agent.media.config import MediaConfig, media_problems
 from agent.mqtt.config import MqttConfig
 from agent.ops_config import CommandsConfig, HomeAssistantConfig
 from agent.outbox.config import OutboxConfig
@@ -127,6 +128,7 @@ class AgentConfig(BaseSettings):
         default_factory=list, description="composite rules; parsed by agent.rules.parse_rules"
     )
     outbox: OutboxConfig = Field(default_factory=OutboxConfig)
+    media: MediaConfig = Field(default_factory=MediaConfig)
     mqtt: MqttConfig = Field(default_factory=MqttConfig)
     commands: CommandsConfig = Field(default_factory=CommandsConfig)
     homeassistant: HomeAssistantConfig = Field(default_factory=HomeAssistantConfig)
@@ -200,6 +202,7 @@ def cross_check(config: AgentConfig) -> list[str]:
                 audioset_ids = _catalogue_ids(config, "audioset")
             problems.extend(p.replace(f"microphones.{mic.id}.", f"microphones[{i}].", 1)
                             for p in validate_listen(mic, audioset_ids))
+    problems.extend(media_problems(config.media, config.mqtt.media_transport))
     return problems
 
 
