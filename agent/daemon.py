@@ -264,11 +264,12 @@ class Daemon:
         # Operations: commands on set/# (results on result/#), Home Assistant discovery.
         self.commands: CommandRouter | None = None
         if config.commands.enabled:
-            self.commands = CommandRouter(self.link.topics.base, self,
-                                          lambda t, p: self.link.publish(t, p, qos=1),
-                                          config.commands)
+            self.commands = CommandRouter(
+                self.link.topics.base, self,
+                lambda t, p, props=None: self.link.publish(t, p, qos=1, properties=props),
+                config.commands)
             self.link.subscribe(self.commands.subscription, self.commands.handle,
-                                accept_retained=False)
+                                accept_retained=False, with_properties=True)
         self.discovery: DiscoveryAnnouncer | None = None
         if config.homeassistant.enabled:
             self.discovery = DiscoveryAnnouncer(config, self.link.set_retained)

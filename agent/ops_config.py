@@ -16,6 +16,7 @@ CommandName = Literal[
     "rules.enabled",
     "config.reload",
     "stats.publish",
+    "media.get",
 ]
 """Every command the agent understands, as named in ``commands.allow``."""
 

@@ -39,7 +39,9 @@ ONLINE = b"online"
 OFFLINE = b"offline"
 STOPPED = b"stopped"
 
-MessageHandler = Callable[[str, bytes], None]
+MessageHandler = Callable[..., None]
+"""``handler(topic, payload)``, or ``handler(topic, payload, properties)`` when subscribed
+``with_properties`` (the MQTT 5 properties, e.g. response topic; None under 3.1.1)."""
 
 # Acknowledged keys are gathered for up to this long (seconds) and removed in one commit.
 # During a backlog drain that is a commit per ~100 messages instead of per ~20, which frees
@@ -96,6 +98,7 @@ class _Direct:
     payload: bytes
     qos: int
     retain: bool
+    properties: Any = None
 
 
 def paho_client(config: MqttConfig, client_id: str, password: str | None) -> mqtt.Client:
@@ -202,7 +205,7 @@ class MqttLink:
         self._direct: queue.SimpleQueue[_Direct] = queue.SimpleQueue()
         self._retained: dict[str, bytes] = {}
         self._retained_lock = threading.Lock()
-        self._handlers: dict[str, tuple[MessageHandler, bool]] = {}
+        self._handlers: dict[str, tuple[MessageHandler, bool, bool]] = {}
         self._client: mqtt.Client | None = None
         self._connected = threading.Event()
         self._inflight: dict[int, int] = {}
@@ -270,20 +273,24 @@ class MqttLink:
         self._direct.put(_Direct(topic, payload, 1, True))
         self.wake()
 
-    def publish(self, topic: str, payload: bytes, qos: int = 0, retain: bool = False) -> None:
-        """Fire-and-forget publish of a full topic (stats, command results); not persisted."""
-        self._direct.put(_Direct(topic, payload, qos, retain))
+    def publish(self, topic: str, payload: bytes, qos: int = 0, retain: bool = False,
+                properties: Any = None) -> None:
+        """Fire-and-forget publish of a full topic (stats, command results); not persisted.
+        ``properties``: MQTT 5 publish properties (e.g. correlation data), or None."""
+        if self._config.protocol != "5":
+            properties = None
+        self._direct.put(_Direct(topic, payload, qos, retain, properties))
         self.wake()
 
     def subscribe(self, topic_filter: str, handler: MessageHandler,
-                  accept_retained: bool = True) -> None:
+                  accept_retained: bool = True, with_properties: bool = False) -> None:
         """Route messages matching ``topic_filter`` to ``handler(topic, payload)``.
 
         The handler runs on the network thread: keep it short and never let it raise.
         ``accept_retained=False`` drops retained messages: a command published with retain
         would otherwise run again after every reconnect.
         """
-        self._handlers[topic_filter] = (handler, accept_retained)
+        self._handlers[topic_filter] = (handler, accept_retained, with_properties)
         self.wake()
 
     @property
@@ -479,7 +486,8 @@ class MqttLink:
                 item = self._direct.get_nowait()
             except queue.Empty:
                 return
-            client.publish(item.topic, item.payload, qos=item.qos, retain=item.retain)
+            client.publish(item.topic, item.payload, qos=item.qos, retain=item.retain,
+                           properties=item.properties)
 
     def _deliver(self, client: mqtt.Client) -> None:
         room = self._config.max_inflight - len(self._inflight)
@@ -654,7 +662,7 @@ class MqttLink:
             self._acked.append(key)
 
     def _on_message(self, client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:
-        for topic_filter, (handler, accept_retained) in self._handlers.items():
+        for topic_filter, (handler, accept_retained, with_props) in self._handlers.items():
             if mqtt.topic_matches_sub(topic_filter, message.topic):
                 if message.retain and not accept_retained:
                     logger.warning("mqtt: ignoring retained message on %s (publish commands "
@@ -662,6 +670,10 @@ class MqttLink:
                                    message.topic)
                     continue
                 try:
-                    handler(message.topic, message.payload)
+                    if with_props:
+                        handler(message.topic, message.payload,
+                                getattr(message, "properties", None))
+                    else:
+                        handler(message.topic, message.payload)
                 except Exception:
                     logger.exception("mqtt: handler for %s failed", message.topic)
