@@ -31,6 +31,7 @@ from agent.config import AgentConfig, ConfigError, load_config, read_mqtt_passwo
 from agent.events.schema import CompositeEvent, DeviceRef, Event, LabelName
 from agent.events.validate import metadata_problems
 from agent.labels import LabelCatalogue
+from agent.media.latest import LatestSnapshots
 from agent.media.store import MediaStore
 from agent.mqtt.commands import CommandRouter
 from agent.mqtt.discovery import DiscoveryAnnouncer
@@ -249,8 +250,12 @@ class Daemon:
         self.media = self._build_media_store()
         self.link = MqttLink(config.mqtt, config.device.id, self.outbox,
                              read_mqtt_password(config.mqtt), self.clock)
+        self.latest: LatestSnapshots | None = None
+        if config.media.latest_snapshot:
+            self.latest = LatestSnapshots(self.link.topics.base, self.link.set_retained)
         self.dispatcher = Dispatcher(config, self.outbox, self.link.wake, self._build_engine(),
-                                     media=self.media)
+                                     media=self.media,
+                                     on_media=self.latest.on_event if self.latest else None)
         self.workers: dict[str, Worker] = {}
         self._hung_reported: set[str] = set()
         # Threads that died of an uncaught exception (threading.excepthook), name -> cause.
