@@ -30,6 +30,7 @@ from typing import Any
 import diskcache
 
 from agent.events.schema import Event, Media
+from agent.fsmodes import private_dir, private_file
 from agent.outbox.summary import RepeatSummary
 
 logger = logging.getLogger(__name__)
@@ -87,7 +88,10 @@ class MediaStore:
         self.repaired = 0
         self._failures = RepeatSummary(logger, "media not stored", time.monotonic,
                                        level=logging.ERROR)
-        self.directory.mkdir(parents=True, exist_ok=True)
+        # 0700 whatever the umask: the value files diskcache creates below inherit the
+        # umask, but nobody else can reach them through this directory.
+        private_dir(self.directory)
+        private_file(self.directory / diskcache.core.DBNAME)
         self._cache = diskcache.Cache(
             str(self.directory),
             # The bound is ours (see _evict): it counts the write-ahead log, diskcache's

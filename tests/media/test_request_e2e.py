@@ -246,3 +246,36 @@ def test_store_stays_within_max_bytes_under_a_burst_and_after_kill9(
     assert all(s["bytes"] <= limit for s in media_stats), media_stats
     assert agent.stop() == 0
     assert store_bytes(store) <= limit
+
+
+def test_images_shed_from_a_full_outbox_can_still_be_fetched(
+        tmp_path: Path, broker: Broker, recorder: Any, street: Path,
+        agents: list[AgentProcess]) -> None:
+    broker.stop()  # a backlog builds up while the broker is away
+    config = base_config(tmp_path, broker.port, media={"enabled": True},
+                         outbox={"max_bytes": 256 * 1024, "on_full": "shed_images"},
+                         cameras=[camera(street, realtime=False)])
+    agent = AgentProcess(tmp_path, config)
+    agents.append(agent)
+    agent.start()
+    assert agent.wait_log("stripping images and clips", 120), agent.log
+    broker.start()
+    rec = recorder(f"{BASE}/events/#")
+
+    def shed(ms: list[Any]) -> list[dict[str, Any]]:
+        return [e for e in events_of(ms) if e["images"]
+                and all(m["data"] is None for m in e["images"])]
+
+    assert rec.wait_for(lambda ms: bool(shed(ms)), 60), agent.log
+    event = shed(rec.messages)[0]
+    asker = Asker(broker)
+    try:
+        answer, blobs = asker.ask({"event_id": event["id"]})
+    finally:
+        asker.close()
+    assert answer["ok"], answer
+    want = {m["role"]: m["sha256"] for m in event["images"]}
+    got = {dict(b.properties.UserProperty)["role"]: hashlib.sha256(b.payload).hexdigest()
+           for b in blobs}
+    assert got == want
+    assert agent.stop() == 0

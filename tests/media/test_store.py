@@ -85,3 +85,19 @@ def test_invalid_bytes_are_counted_not_raised(tmp_path: Path) -> None:
     assert store.put_event(broken) == 0
     assert store.stats()["errors"] == 1
     store.close()
+
+
+def test_the_store_is_private_whatever_the_umask(tmp_path: Path) -> None:
+    import os
+    import stat
+
+    old = os.umask(0)
+    try:
+        store = MediaStore(tmp_path / "state" / "media", 8 * 1024 * 1024, 3600)
+        store.put_event(snapshot_event({"input": jpeg(64, 48, 1)}))
+        store.close()
+    finally:
+        os.umask(old)
+    directory = tmp_path / "state" / "media"
+    assert stat.S_IMODE(directory.stat().st_mode) == 0o700
+    assert stat.S_IMODE((directory / "cache.db").stat().st_mode) == 0o600
