@@ -90,7 +90,8 @@ def exit_now(code: int) -> NoReturn:
 
 
 class StateError(RuntimeError):
-    """State the agent keeps on disk besides the outbox (open rule windows) cannot be opened."""
+    """State the agent keeps on disk besides the outbox (open rule windows, the media store)
+    cannot be opened."""
 
 
 def event_messages(event: Event, media_transport: str) -> list[OutboxMessage]:
@@ -186,8 +187,7 @@ class Dispatcher:
             self.media.put_event(event)
         if self._on_media is not None and event.images:
             self._on_media(event)
-        if not self._put(event_messages(event, self._transport),
-                         event.source.id):
+        if not self._put(event_messages(event, self._transport), event.source.id):
             return
         with self._count_lock:
             self.accepted += 1

@@ -165,13 +165,19 @@ class MediaStore:
         self._failures.add("error", 1, lambda: line)
 
     def usage(self) -> int:
-        """Bytes the store takes: its table's pages, its files, its write-ahead log and the
-        log's shared-memory index."""
-        extra = 0
-        for suffix in ("-wal", "-shm"):
-            with contextlib.suppress(OSError):
-                extra += (self.directory / f"{diskcache.core.DBNAME}{suffix}").stat().st_size
-        return int(self._cache.volume()) + extra
+        """Bytes the store takes on disk: its table file (or its logical size, when the log
+        still holds pages the file has yet to take), the write-ahead log and its index, and
+        every value file."""
+        sizes = {}
+        for suffix in ("", "-wal", "-shm"):
+            try:
+                sizes[suffix] = (self.directory / f"{diskcache.core.DBNAME}{suffix}").stat(
+                ).st_size
+            except OSError:
+                sizes[suffix] = 0
+        (pages,) = self._cache._sql("PRAGMA page_count").fetchone()
+        table = max(sizes[""], pages * self._cache._page_size)
+        return table + sizes["-wal"] + sizes["-shm"] + int(self._cache.reset("size"))
 
     def _evict(self, incoming: int = 0) -> None:
         """Under the lock: drop the oldest entries until the store fits ``max_bytes`` with

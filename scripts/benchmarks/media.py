@@ -128,6 +128,8 @@ def demo_bytes_per_hour(workdir: Path, transport: str, seconds: float) -> tuple[
         camera["url"] = str((base / camera["url"]).resolve())
     for mic in demo.get("microphones", []):
         mic["file"] = str((base / mic["file"]).resolve())
+    models = demo.setdefault("models", {})
+    models["dir"] = str((base / models.get("dir", "../models")).resolve())
     demo["mqtt"] = {**demo.get("mqtt", {}), "host": broker.host, "port": broker.port,
                     "media_transport": transport}
     demo["outbox"] = {**demo.get("outbox", {}), "path": str(run_dir / "outbox")}
