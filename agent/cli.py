@@ -101,6 +101,17 @@ def cmd_tail(args: argparse.Namespace) -> int:
                 save_media=args.save_media)
 
 
+def cmd_media_get(args: argparse.Namespace) -> int:
+    from agent.media_client import media_get
+
+    config = _load_or_exit(args.config)
+    try:
+        return media_get(config, args.event_id, args.role, args.output, timeout=args.timeout)
+    except ConfigError as exc:  # the password file changed since the config was checked
+        _print_problems(args.config, exc.lines)
+        return EX_CONFIG
+
+
 def cmd_models_fetch(args: argparse.Namespace) -> int:
     from agent.inference.fetch import fetch_models
 
@@ -174,6 +185,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--save-media", type=Path, metavar="DIR",
                    help="write each event's images and clips under DIR, named on its line")
     p.set_defaults(func=cmd_tail)
+
+    media = sub.add_parser("media", help="images and clips kept by a running agent")
+    media_sub = media.add_subparsers(dest="media_cmd", required=True)
+    p = media_sub.add_parser("get", help="fetch an event's images and clips over MQTT "
+                             "(set/media/get)")
+    with_config(p)
+    p.add_argument("event_id", help="the event's id (its JSON's id)")
+    p.add_argument("--role", help="one role (input, annotated, crop, clip); default: all")
+    p.add_argument("-o", "--output", type=Path, default=Path("."),
+                   help="folder to write EVENT_ID-ROLE.jpg/.wav into (default: here)")
+    p.add_argument("--timeout", type=float, default=20.0, help="seconds to wait for the answer")
+    p.set_defaults(func=cmd_media_get)
 
     models = sub.add_parser("models", help="model files").add_subparsers(dest="models_cmd",
                                                                          required=True)

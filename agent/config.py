@@ -33,6 +33,7 @@ from agent.config_file import MAX_CONFIG_BYTES, ConfigError, read_yaml, tree_pro
 from agent.events.config import UseCaseConfig
 from agent.ids import TopicId
 from agent.inference.config import AudioModelConfig, DetectorModelConfig, default_audio_models
+from agent.media.config import MediaConfig, media_problems
 from agent.mqtt.config import CommandsConfig, HomeAssistantConfig, MqttConfig
 from agent.outbox.config import OutboxConfig
 from agent.paths import REPO_ROOT
@@ -123,6 +124,7 @@ class AgentConfig(BaseSettings):
         default_factory=list, description="composite rules; parsed by agent.rules.parse_rules"
     )
     outbox: OutboxConfig = Field(default_factory=OutboxConfig)
+    media: MediaConfig = Field(default_factory=MediaConfig)
     mqtt: MqttConfig = Field(default_factory=MqttConfig)
     commands: CommandsConfig = Field(default_factory=CommandsConfig)
     homeassistant: HomeAssistantConfig = Field(default_factory=HomeAssistantConfig)
@@ -196,6 +198,7 @@ def cross_check(config: AgentConfig) -> list[str]:
                 audioset_ids = _catalogue_ids(config, "audioset")
             problems.extend(p.replace(f"microphones.{mic.id}.", f"microphones[{i}].", 1)
                             for p in validate_listen(mic, audioset_ids))
+    problems.extend(media_problems(config.media, config.mqtt.media_transport))
     return problems
 
 

@@ -31,6 +31,8 @@ from agent.config import AgentConfig, ConfigError, load_config, read_mqtt_passwo
 from agent.events.schema import CompositeEvent, DeviceRef, Event, LabelName
 from agent.events.validate import metadata_problems
 from agent.labels import LabelCatalogue
+from agent.media.latest import LatestSnapshots
+from agent.media.store import MediaStore
 from agent.mqtt.commands import CommandRouter
 from agent.mqtt.discovery import DiscoveryAnnouncer
 from agent.mqtt.link import MqttLink, Topics
@@ -53,6 +55,9 @@ HUNG_AFTER_S = 20.0
 
 HUNG_FLOOR_S = 3.0
 """Never call a thread hung sooner: idle loops beat about once a second."""
+
+MEDIA_EXPIRY_EVERY_S = 10.0
+"""How often media older than media.retention are removed from the store."""
 
 STOP_DEADLINE_S = 4.0
 """From SIGTERM to the end of the process, at most, whatever a native library is doing."""
@@ -83,17 +88,23 @@ def exit_now(code: int) -> NoReturn:
 
 
 class StateError(RuntimeError):
-    """State the agent keeps on disk besides the outbox (open rule windows) cannot be opened."""
+    """State the agent keeps on disk besides the outbox (open rule windows, the media store)
+    cannot be opened."""
 
 
-def event_messages(event: Event, media_on_topic: bool) -> list[OutboxMessage]:
+def event_messages(event: Event, media_transport: str) -> list[OutboxMessage]:
     """The outbox messages for one event: the JSON, and its media when they travel apart.
 
-    Media go first so that a consumer that sees the event can already fetch its images.
+    ``inline``: one message, media as base64 inside. ``topic``: media go first, each on its
+    own topic, so that a consumer that sees the event can already fetch its images.
+    ``request``: one message with the media's metadata only; the bytes stay in the media
+    store until someone asks (``set/media/get``).
     """
     stream = event.source.id
     topic = Topics.events(stream)
-    if not media_on_topic or not (event.images or (event.audio and event.audio.data)):
+    if media_transport == "request":
+        return [OutboxMessage(topic, event.without_media().to_json(), stream)]
+    if media_transport != "topic" or not (event.images or (event.audio and event.audio.data)):
         return [OutboxMessage(topic, event.to_json(), stream)]
     messages: list[OutboxMessage] = []
 
@@ -128,9 +139,14 @@ class Dispatcher:
     """
 
     def __init__(self, config: AgentConfig, outbox: Outbox, wake: Callable[[], None],
-                 engine: Any | None = None) -> None:
+                 engine: Any | None = None, media: MediaStore | None = None,
+                 on_media: Callable[[Event], None] | None = None) -> None:
         self._config = config
         self._outbox = outbox
+        self.media = media
+        self._on_media = on_media
+        # Fixed for the process: a reload that changes it asks for a restart (mqtt section).
+        self._transport = config.mqtt.media_transport
         self._wake = wake
         self.engine = engine
         self.engine_lock = threading.Lock()
@@ -160,12 +176,16 @@ class Dispatcher:
             logger.warning("event %s from %s rejected (use case %s): %s", event.id,
                            event.source.id, event.use_case, "; ".join(problems))
             return
-        media_on_topic = self._config.mqtt.media_transport == "topic"
         with self._count_lock:
             seq = self._seq[event.source.id]
             self._seq[event.source.id] += 1
         event = event.model_copy(update={"run_id": self.run_id, "seq": seq})
-        messages = event_messages(event, media_on_topic)
+        # Stored before the event is queued: whoever sees the event can ask for its media.
+        if self.media is not None:
+            self.media.put_event(event)
+        if self._on_media is not None and event.images:
+            self._on_media(event)
+        messages = event_messages(event, self._transport)
         if self.engine is None:
             stored = self._put(messages, event.source.id)
         else:
@@ -243,9 +263,15 @@ class Daemon:
         self._detectors: dict[str, Any] = {}
         self._classifiers: dict[str, Any] = {}
         self.outbox = Outbox(config.outbox, self.clock)
+        self.media = self._build_media_store()
         self.link = MqttLink(config.mqtt, config.device.id, self.outbox,
                              read_mqtt_password(config.mqtt), self.clock)
-        self.dispatcher = Dispatcher(config, self.outbox, self.link.wake, self._build_engine())
+        self.latest: LatestSnapshots | None = None
+        if config.media.latest_snapshot:
+            self.latest = LatestSnapshots(self.link.topics.base, self.link.set_retained)
+        self.dispatcher = Dispatcher(config, self.outbox, self.link.wake, self._build_engine(),
+                                     media=self.media,
+                                     on_media=self.latest.on_event if self.latest else None)
         self.workers: dict[str, Worker] = {}
         self._hung_reported: set[str] = set()
         self._outbox_state: str | None = None  # last published on .../outbox/status
@@ -260,11 +286,12 @@ class Daemon:
         # Operations: commands on set/# (results on result/#), Home Assistant discovery.
         self.commands: CommandRouter | None = None
         if config.commands.enabled:
-            self.commands = CommandRouter(self.link.topics.base, self,
-                                          lambda t, p: self.link.publish(t, p, qos=1),
-                                          config.commands)
+            self.commands = CommandRouter(
+                self.link.topics.base, self,
+                lambda t, p, props=None: self.link.publish(t, p, qos=1, properties=props),
+                config.commands)
             self.link.subscribe(self.commands.subscription, self.commands.handle,
-                                accept_retained=False)
+                                accept_retained=False, with_properties=True)
         self.discovery: DiscoveryAnnouncer | None = None
         if config.homeassistant.enabled:
             self.discovery = DiscoveryAnnouncer(config, self.link.set_retained)
@@ -280,6 +307,16 @@ class Daemon:
     def rules_state_dir(self) -> Path:
         """Open rule windows persist beside the outbox (systemd's StateDirectory)."""
         return self.config.outbox.path.parent / "rules-state"
+
+    def _build_media_store(self) -> MediaStore | None:
+        media = self.config.media
+        if not media.active(self.config.mqtt.media_transport):
+            return None
+        directory = media.directory(self.config.outbox.path)
+        try:
+            return MediaStore(directory, media.max_bytes, media.retention)
+        except (OSError, sqlite3.Error) as exc:
+            raise StateError(f"media store {directory} (media.path): cannot open: {exc}") from exc
 
     def _build_engine(self) -> RuleEngine | None:
         if not self.config.rules:
@@ -410,6 +447,8 @@ class Daemon:
         self.start()
         interval = self.config.stats.interval
         next_stats = self.clock.monotonic() + min(5.0, interval)
+        now_s = self.clock.monotonic
+        next_media_expiry = now_s()
         beat = 1.0
         if self.notifier.watchdog_interval:
             beat = min(beat, self.notifier.watchdog_interval / 3)
@@ -420,6 +459,9 @@ class Daemon:
             self.dispatcher.tick()
             self.outbox.expire()
             self.publish_outbox_state()
+            if self.media is not None and now_s() >= next_media_expiry:
+                self.media.expire()
+                next_media_expiry = now_s() + MEDIA_EXPIRY_EVERY_S
             if self.healthy():
                 self.notifier.watchdog()
             now = self.clock.monotonic()
@@ -526,6 +568,7 @@ class Daemon:
             "system": self._system.sample(),
             **({"rules": engine.stats()} if (engine := self.dispatcher.engine) else {}),
             **({"commands": self.commands.stats()} if self.commands else {}),
+            **({"media": self.media.stats()} if self.media else {}),
         }
 
     def publish_stats(self) -> None:
@@ -545,7 +588,7 @@ class Daemon:
                          self.config_path, "; ".join(exc.lines))
             self.notifier.ready()
             return
-        for section in ("device", "mqtt", "outbox", "models"):
+        for section in ("device", "mqtt", "outbox", "media", "models"):
             if getattr(new, section) != getattr(self.config, section):
                 logger.warning("reload: section %s changed; restart the agent to apply it",
                                section)
@@ -620,6 +663,8 @@ class Daemon:
         self.link.stop(2.0)
         self._stop_step = "closing the outbox"
         self.outbox.close()
+        if self.media is not None:
+            self.media.close()
         logger.info("stopped%s", "" if self.link.clean_stop else
                     " (unclean: the final statuses did not all reach the broker)")
         self._stopped.set()

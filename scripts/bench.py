@@ -23,7 +23,7 @@ sys.path.insert(0, str(REPO))
 from scripts.benchmarks import Row  # noqa: E402
 
 SECTIONS = ["outbox", "delivery", "rules", "vision_model", "segmentation", "vision", "audio",
-            "config"]
+            "config", "media"]
 
 
 def machine() -> dict[str, object]:

@@ -7,6 +7,7 @@ import queue
 import socket
 import threading
 from dataclasses import dataclass
+from typing import Any
 
 from agent.clock import Clock
 from agent.mqtt.config import MqttConfig
@@ -20,6 +21,7 @@ class _Direct:
     payload: bytes
     qos: int
     retain: bool
+    properties: Any = None
 
 
 class LinkBase:

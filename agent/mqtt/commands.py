@@ -14,6 +14,15 @@ or rule exists and supports it. Only then does the handler run, so a bad command
 nothing. Handlers run on the MQTT network thread (``MqttLink.subscribe``): they only flip
 flags or set events for the daemon's main loop; a snapshot (JPEG encoding) goes to one
 short-lived-queue thread so the network loop never waits for it.
+
+MQTT 5 request/response: a command that carries a response topic is answered there instead
+of on ``result/...``, with its correlation data echoed, for every command.
+
+``set/media/get`` (``{"event_id": ..., "role": ...}``, no role: all) sends the bytes of an
+event's images and clip from the media store, each before the JSON answer that lists them:
+under MQTT 5 with a response topic, on that topic itself (content type and user properties
+``event_id``, ``role``, ``sha256`` tell bytes from the answer); otherwise on
+``result/media/get/{event_id}/{role}``.
 """
 
 from __future__ import annotations
@@ -27,9 +36,12 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Annotated, Any, Protocol
 
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from agent.events.schema import Event
+from agent.media.store import MediaMissing, MediaStore
 from agent.mqtt.config import COMMAND_NAMES, CommandsConfig
 
 logger = logging.getLogger(__name__)
@@ -84,6 +96,14 @@ class Payload(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
 
     request_id: Annotated[str, Field(max_length=128)] | int | None = None
+
+
+class MediaGetPayload(Payload):
+    """``{"event_id": "...", "role": "annotated"}``: one role, or every role without it."""
+
+    event_id: Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-]+$")]
+    role: Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-]+$")] | \
+        None = None
 
 
 class EnabledPayload(Payload):
@@ -160,12 +180,23 @@ class Later:
 
 
 @dataclass(frozen=True)
+class Reply:
+    """Where a command's answer goes: ``result/...``, or the MQTT 5 response topic with the
+    request's correlation data."""
+
+    topic: str
+    correlation: bytes | None = None
+    response_topic: bool = False
+
+
+@dataclass(frozen=True)
 class Request:
     """A command that passed every check but the target's own."""
 
     name: str
     target_id: str | None
     payload: Any
+    reply: Reply | None = None
 
 
 Handler = Callable[[Request], Any]
@@ -246,7 +277,8 @@ class _SlowLane:
 class CommandRouter:
     """Checks, runs and answers commands; ``handle`` is the MQTT subscription callback.
 
-    ``publish(topic, payload)`` sends a result; ``run_slow(job) -> bool`` runs a job off the
+    ``publish(topic, payload[, properties])`` sends a result (properties: MQTT 5 publish
+    properties, passed only when there are some); ``run_slow(job) -> bool`` runs a job off the
     network thread (default: the router's own ``commands`` thread) and says whether it was
     accepted.
     """
@@ -255,7 +287,7 @@ class CommandRouter:
         self,
         base_topic: str,
         target: CommandTarget,
-        publish: Callable[[str, bytes], None],
+        publish: Callable[..., None],
         config: CommandsConfig | None = None,
         run_slow: Callable[[Callable[[], None]], bool] | None = None,
     ) -> None:
@@ -281,6 +313,7 @@ class CommandRouter:
                     self._rule_enabled),
             Command("config.reload", ("config", "reload"), Payload, self._reload),
             Command("stats.publish", ("stats",), Payload, self._stats),
+            Command("media.get", ("media", "get"), MediaGetPayload, self._media_get),
         ):
             self.registry[command.name] = command
         assert set(self.registry) == set(COMMAND_NAMES), "registry and CommandName disagree"
@@ -306,8 +339,11 @@ class CommandRouter:
 
     # -- the callback ---------------------------------------------------------------------
 
-    def handle(self, topic: str, payload: bytes) -> None:
-        """Answer one message under ``set/``; never raises. An empty message is ignored."""
+    def handle(self, topic: str, payload: bytes, properties: Any = None) -> None:
+        """Answer one message under ``set/``; never raises. An empty message is ignored.
+
+        ``properties``: the MQTT 5 properties of the message (response topic, correlation
+        data), None under MQTT 3.1.1."""
         if not payload:
             logger.info("command set/%s: empty message ignored (that clears a retained "
                         "command; send {} to run a command that takes no arguments)",
@@ -317,6 +353,7 @@ class CommandRouter:
         result_topic = self._result + (f"/{suffix}" if suffix else "")
         if len(suffix) > _MAX_SUFFIX:
             result_topic = f"{self._result}/invalid"
+        reply = self._reply_to(result_topic, properties)
         name: str | None = None
         request_id = self._peek_request_id(payload)
         try:
@@ -328,18 +365,31 @@ class CommandRouter:
                 parsed = command.model.model_validate(data)
             except ValidationError as exc:
                 raise CommandError("malformed", f"invalid payload: {_describe(exc)}") from None
-            answer = command.handler(Request(name, target_id, parsed))
+            answer = command.handler(Request(name, target_id, parsed, reply))
             if isinstance(answer, Later):
-                self._defer(answer, name, target_id, request_id, result_topic)
+                self._defer(answer, name, target_id, request_id, reply)
                 return
-            self._ok(result_topic, name, target_id, request_id, answer)
+            self._ok(reply, name, target_id, request_id, answer)
         except CommandError as exc:
-            self._refuse(result_topic, name, suffix, request_id, exc.reason, str(exc))
+            self._refuse(reply, name, suffix, request_id, exc.reason, str(exc))
         except Exception as exc:  # a bug in a handler must cost one command, not the link
             logger.exception("command %s: failed", name or _short(suffix))
-            self._respond(result_topic, name, request_id, False, f"internal error: {exc}", None)
+            self._respond(reply, name, request_id, False, f"internal error: {exc}", None)
             with self._count_lock:
                 self.rejected["internal"] += 1
+
+    @staticmethod
+    def _reply_to(result_topic: str, properties: Any) -> Reply:
+        """The MQTT 5 response topic when the request names a usable one, else ``result/``."""
+        response = getattr(properties, "ResponseTopic", None)
+        correlation = getattr(properties, "CorrelationData", None)
+        correlation = bytes(correlation) if correlation is not None else None
+        if isinstance(response, str) and response and not any(c in response for c in "#+\0"):
+            return Reply(response, correlation, response_topic=True)
+        if response is not None:
+            logger.warning("command: response topic %r is not a topic name; answering on %s",
+                           _short(str(response)), result_topic)
+        return Reply(result_topic, correlation)
 
     # -- checks ---------------------------------------------------------------------------
 
@@ -351,7 +401,8 @@ class CommandRouter:
                 return command, target_id
         raise CommandError("unknown", f"unknown command set/{_short(suffix)} (known: "
                            "sources/{id}/detection, sources/{id}/thresholds, "
-                           "sources/{id}/snapshot, rules/{id}/enabled, config/reload, stats)")
+                           "sources/{id}/snapshot, rules/{id}/enabled, config/reload, stats, "
+                           "media/get)")
 
     def _authorise(self, name: str) -> None:
         allow = self._config.allow
@@ -478,45 +529,77 @@ class CommandRouter:
         self._target.request_stats()
         return {"queued": True}
 
+    def _media_get(self, request: Request) -> Any:
+        store: MediaStore | None = getattr(self._target, "media", None)
+        if store is None:
+            raise CommandError("unsupported", "this device keeps no media (media.enabled is off "
+                               "and mqtt.media_transport is not request)")
+        payload: MediaGetPayload = request.payload
+        reply = request.reply
+        assert reply is not None
+
+        def work() -> Any:
+            try:
+                found = store.get(payload.event_id, payload.role)
+            except MediaMissing as exc:
+                raise CommandError("not_found", str(exc)) from None
+            listed = []
+            for item in found:
+                if reply.response_topic:
+                    topic = reply.topic
+                    user = [("event_id", payload.event_id), ("role", item.role),
+                            ("sha256", str(item.info.get("sha256", "")))]
+                else:
+                    topic = f"{reply.topic}/{payload.event_id}/{item.role}"
+                    user = []
+                # Properties only where the client speaks MQTT 5 request/response.
+                content_type = str(item.info.get("content_type", "application/octet-stream"))
+                self._send(topic, item.data, reply.correlation,
+                           content_type if reply.response_topic else None, user)
+                listed.append({**item.info, "topic": topic})
+            return {"event_id": payload.event_id, "media": listed}
+
+        return Later(work)
+
     # -- answers --------------------------------------------------------------------------
 
     def _defer(self, later: Later, name: str, target_id: str | None,
-               request_id: str | int | None, result_topic: str) -> None:
+               request_id: str | int | None, reply: Reply) -> None:
         def job() -> None:
             try:
                 answer = later.work()
             except CommandError as exc:
-                self._refuse(result_topic, name, name, request_id, exc.reason, str(exc))
+                self._refuse(reply, name, name, request_id, exc.reason, str(exc))
             except Exception as exc:
                 logger.exception("command %s: failed", name)
-                self._respond(result_topic, name, request_id, False, f"internal error: {exc}",
+                self._respond(reply, name, request_id, False, f"internal error: {exc}",
                               None)
                 with self._count_lock:
                     self.rejected["internal"] += 1
             else:
-                self._ok(result_topic, name, target_id, request_id, answer)
+                self._ok(reply, name, target_id, request_id, answer)
 
         if not self._run_slow(job):
-            self._refuse(result_topic, name, name, request_id, "busy",
+            self._refuse(reply, name, name, request_id, "busy",
                          f"busy: {_SLOW_QUEUE} slow commands are already waiting; try again")
 
-    def _ok(self, result_topic: str, name: str, target_id: str | None,
+    def _ok(self, reply: Reply, name: str, target_id: str | None,
             request_id: str | int | None, answer: Any) -> None:
         logger.info("command %s%s: done (request %s)", name,
                     f" {target_id}" if target_id else "", request_id)
         with self._count_lock:
             self.accepted += 1
-        self._respond(result_topic, name, request_id, True, None, answer)
+        self._respond(reply, name, request_id, True, None, answer)
 
-    def _refuse(self, result_topic: str, name: str | None, what: str,
+    def _refuse(self, reply: Reply, name: str | None, what: str,
                 request_id: str | int | None, reason: str, message: str) -> None:
         logger.warning("command %s refused (%s): %s", name or f"set/{_short(what)}", reason,
                        message)
         with self._count_lock:
             self.rejected[reason] += 1
-        self._respond(result_topic, name, request_id, False, message, None)
+        self._respond(reply, name, request_id, False, message, None)
 
-    def _respond(self, topic: str, name: str | None, request_id: str | int | None, ok: bool,
+    def _respond(self, reply: Reply, name: str | None, request_id: str | int | None, ok: bool,
                  error: str | None, result: Any) -> None:
         body = {"request_id": request_id, "command": name, "ok": ok, "error": error,
                 "result": result}
@@ -525,4 +608,20 @@ class CommandRouter:
         except (TypeError, ValueError):
             body["result"] = None
             payload = json.dumps(body, default=str).encode()
-        self._publish(topic, payload)
+        self._send(reply.topic, payload, reply.correlation,
+                   "application/json" if reply.response_topic else None, [])
+
+    def _send(self, topic: str, payload: bytes, correlation: bytes | None,
+              content_type: str | None, user: list[tuple[str, str]]) -> None:
+        """Publish, with MQTT 5 properties when there is anything to say in them."""
+        if correlation is None and content_type is None and not user:
+            self._publish(topic, payload)
+            return
+        props = Properties(PacketTypes.PUBLISH)
+        if correlation is not None:
+            props.CorrelationData = correlation
+        if content_type is not None:
+            props.ContentType = content_type
+        if user:
+            props.UserProperty = user
+        self._publish(topic, payload, props)

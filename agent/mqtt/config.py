@@ -52,10 +52,11 @@ class MqttConfig(BaseModel):
     qos: Literal[0, 1] = 1
     keepalive: int = Field(default=30, ge=5, le=3600)
     max_inflight: int = Field(default=20, ge=1, le=1000)
-    media_transport: Literal["inline", "topic"] = Field(
+    media_transport: Literal["inline", "topic", "request"] = Field(
         default="inline",
         description="inline: images/clips as base64 inside the event (self-contained, atomic); "
-        "topic: raw bytes on media/{source}/{event}/{role}, referenced from the event",
+        "topic: raw bytes on media/{source}/{event}/{role}, referenced from the event; "
+        "request: metadata only, bytes kept in the media store and sent on set/media/get",
     )
     reconnect_min_s: float = Field(default=1.0, gt=0)
     reconnect_max_s: float = Field(default=60.0, gt=0)
@@ -80,6 +81,7 @@ CommandName = Literal[
     "rules.enabled",
     "config.reload",
     "stats.publish",
+    "media.get",
 ]
 """Every command the agent understands, as named in ``commands.allow``."""
 

@@ -8,6 +8,8 @@ Retained config messages on ``{discovery_prefix}/<component>/<node_id>/<object_i
   (``person_new``, ``dog_bark_end``), ``snapshot`` for snapshots, the label id for synthetic
   events;
 - ``event`` per rule: composite events, ``event_type`` = ``open`` or ``final``;
+- ``image`` per camera with ``media.latest_snapshot``: its latest event picture, from the
+  retained ``.../snapshots/{camera}``;
 - ``sensor`` for a few stats figures (CPU, memory, temperature, outbox depth, free disk).
 
 Every entity is available while ``.../status`` says ``online``; the agent's ``stopped`` (clean
@@ -30,6 +32,7 @@ import paho.mqtt.client as mqtt
 
 from agent import __version__
 from agent.config import AgentConfig
+from agent.media.latest import snapshot_topic
 from agent.mqtt.link import Topics, paho_client
 from agent.sources.base import SourceState
 from agent.sources.camera import CameraConfig
@@ -123,6 +126,12 @@ def discovery_messages(config: AgentConfig) -> dict[str, bytes]:
             "options": [s.value for s in SourceState],
             "icon": "mdi:cctv" if isinstance(source, CameraConfig) else "mdi:microphone",
         })
+        if isinstance(source, CameraConfig) and config.media.latest_snapshot:
+            add("image", f"{source.id}_snapshot", {
+                "name": f"{source.display_name} latest snapshot",
+                "image_topic": topics.full(snapshot_topic(source.id)),
+                "content_type": "image/jpeg",
+            })
         types = event_types(source)
         if types:
             add("event", f"{source.id}_events", {

@@ -50,7 +50,9 @@ from agent.outbox.store import Outbox
 
 logger = logging.getLogger(__name__)
 
-MessageHandler = Callable[[str, bytes], None]
+MessageHandler = Callable[..., None]
+"""``handler(topic, payload)``, or ``handler(topic, payload, properties)`` when subscribed
+``with_properties`` (the MQTT 5 properties, e.g. response topic; None under 3.1.1)."""
 
 CONNACK_MAX_S = 30.0
 """Longest wait for the broker's CONNACK (the keepalive, when shorter) before giving up."""
@@ -82,7 +84,7 @@ class MqttLink(Status):
         self._direct: queue.SimpleQueue[_Direct] = queue.SimpleQueue()
         self._retained: dict[str, bytes] = {}
         self._retained_lock = threading.Lock()
-        self._handlers: dict[str, tuple[MessageHandler, bool]] = {}
+        self._handlers: dict[str, tuple[MessageHandler, bool, bool]] = {}
         self._client: mqtt.Client | None = None
         self._connected = threading.Event()
         self._inflight: dict[int, int] = {}
@@ -135,14 +137,14 @@ class MqttLink(Status):
         return self._connected.wait(timeout)
 
     def subscribe(self, topic_filter: str, handler: MessageHandler,
-                  accept_retained: bool = True) -> None:
+                  accept_retained: bool = True, with_properties: bool = False) -> None:
         """Route messages matching ``topic_filter`` to ``handler(topic, payload)``.
 
         The handler runs on the network thread: keep it short and never let it raise.
         ``accept_retained=False`` drops retained messages: a command published with retain
         would otherwise run again after every reconnect.
         """
-        self._handlers[topic_filter] = (handler, accept_retained)
+        self._handlers[topic_filter] = (handler, accept_retained, with_properties)
         self.wake()
 
     @property
@@ -369,7 +371,7 @@ class MqttLink(Status):
             self.last_error = f"connection lost: {reason}"
 
     def _on_message(self, client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:
-        for topic_filter, (handler, accept_retained) in self._handlers.items():
+        for topic_filter, (handler, accept_retained, with_props) in self._handlers.items():
             if mqtt.topic_matches_sub(topic_filter, message.topic):
                 if message.retain and not accept_retained:
                     logger.warning("mqtt: ignoring retained message on %s (publish commands "
@@ -377,7 +379,11 @@ class MqttLink(Status):
                                    message.topic)
                     continue
                 try:
-                    handler(message.topic, message.payload)
+                    if with_props:
+                        handler(message.topic, message.payload,
+                                getattr(message, "properties", None))
+                    else:
+                        handler(message.topic, message.payload)
                 except Exception:
                     logger.exception("mqtt: handler for %s failed", message.topic)
 

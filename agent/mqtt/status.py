@@ -6,6 +6,7 @@ import contextlib
 import logging
 import queue
 import select
+from typing import Any
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import MQTTErrorCode
@@ -34,9 +35,13 @@ class Status(Delivery):
         self._direct.put(_Direct(topic, payload, 1, True))
         self.wake()
 
-    def publish(self, topic: str, payload: bytes, qos: int = 0, retain: bool = False) -> None:
-        """Fire-and-forget publish of a full topic (stats, command results); not persisted."""
-        self._direct.put(_Direct(topic, payload, qos, retain))
+    def publish(self, topic: str, payload: bytes, qos: int = 0, retain: bool = False,
+                properties: Any = None) -> None:
+        """Fire-and-forget publish of a full topic (stats, command results); not persisted.
+        ``properties``: MQTT 5 publish properties (e.g. correlation data), or None."""
+        if self._config.protocol != "5":
+            properties = None
+        self._direct.put(_Direct(topic, payload, qos, retain, properties))
         self.wake()
 
     def _send_direct(self, client: mqtt.Client) -> None:
@@ -45,7 +50,8 @@ class Status(Delivery):
                 item = self._direct.get_nowait()
             except queue.Empty:
                 return
-            client.publish(item.topic, item.payload, qos=item.qos, retain=item.retain)
+            client.publish(item.topic, item.payload, qos=item.qos, retain=item.retain,
+                           properties=item.properties)
 
     def _clean_stop(self, client: mqtt.Client) -> None:
         """Send the final statuses, say ``stopped``, wait for the broker to take them, leave.
@@ -63,7 +69,8 @@ class Status(Delivery):
                 item = self._direct.get_nowait()
             except queue.Empty:
                 break
-            info = client.publish(item.topic, item.payload, qos=item.qos, retain=item.retain)
+            info = client.publish(item.topic, item.payload, qos=item.qos, retain=item.retain,
+                                  properties=item.properties)
             if item.retain and item.qos > 0:
                 infos.append(info)
         infos.append(client.publish(self.topics.status, STOPPED, qos=1, retain=True))

@@ -17,6 +17,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from agent.media.store import MediaMissing, StoredMedia
 from agent.mqtt.commands import MAX_PAYLOAD_BYTES, CommandRouter
 from agent.mqtt.config import COMMAND_NAMES, CommandsConfig
 
@@ -73,8 +74,21 @@ class FakeDispatcher:
         self.emitted.append(event)
 
 
+class FakeMedia:
+    """The media store's ``get``: one event with an input image (the store has its own tests)."""
+
+    def get(self, event_id: str, role: str | None = None) -> list[StoredMedia]:
+        if event_id != "e1":
+            raise MediaMissing(f"no media for event {event_id} on this device")
+        if role not in (None, "input"):
+            raise MediaMissing(f"event e1 has no media with role {role} (it has: input)")
+        return [StoredMedia({"role": "input", "content_type": "image/jpeg", "bytes": 3,
+                             "sha256": "x"}, b"\xff\xd8\xff")]
+
+
 class FakeDaemon:
     def __init__(self, with_rules: bool = True) -> None:
+        self.media = FakeMedia()
         self.workers: dict[str, Any] = {
             "cam": FakeWorker("camera"),
             "mic": FakeWorker("microphone", labels=("dog_bark",), snapshots=False),
@@ -111,10 +125,14 @@ class Harness:
     def __init__(self, config: CommandsConfig | None = None, with_rules: bool = True) -> None:
         self.daemon = FakeDaemon(with_rules)
         self.results: list[tuple[str, dict[str, Any]]] = []
+        self.blobs: list[tuple[str, bytes]] = []
         self.router = CommandRouter(BASE, self.daemon, self._publish, config,
                                     run_slow=self._run_now)
 
     def _publish(self, topic: str, payload: bytes) -> None:
+        if topic.startswith(f"{BASE}/result/media/get/"):  # media bytes before the answer
+            self.blobs.append((topic, payload))
+            return
         self.results.append((topic, json.loads(payload)))
 
     @staticmethod
@@ -379,6 +397,9 @@ WELL_FORMED = st.one_of(
                 max_size=2)})),
     st.tuples(st.sampled_from(["sources/cam/snapshot", "sources/mic/snapshot", "config/reload",
                                "stats"]), st.just({})),
+    st.tuples(st.just("media/get"), st.fixed_dictionaries(
+        {"event_id": st.sampled_from(["e1", "e2", "", "e/1"])},
+        optional={"role": st.sampled_from(["input", "crop", None, 3])})),
 ).flatmap(lambda pair: st.tuples(
     st.just(pair[0]),
     st.one_of(st.just(pair[1]), st.text(max_size=8).map(lambda r: {**pair[1], "request_id": r})),
@@ -393,6 +414,7 @@ _CHANGES = {
     "rules.enabled": lambda b, a: (b[0], b[2:]) == (a[0], a[2:]),
     "config.reload": lambda b, a: a[3] == b[3] + 1 and (b[:3], b[4]) == (a[:3], a[4]),
     "stats.publish": lambda b, a: a[4] == b[4] + 1 and b[:4] == a[:4],
+    "media.get": lambda b, a: b == a,
 }
 
 
@@ -442,3 +464,42 @@ def test_fuzzed_commands_never_crash_and_change_nothing_unless_valid(
     assert counts["ok"] > 500 and counts["refused"] > 5_000, (counts, by_command)
     assert all(n > 0 for n in by_command.values()), by_command
     assert not caplog.records, [r.getMessage() for r in caplog.records[:3]]
+
+
+def test_media_get_sends_the_bytes_then_the_answer_on_the_result_convention() -> None:
+    h = Harness()
+    body = h.send("media/get", {"event_id": "e1", "request_id": "m1"})
+    assert body["ok"] and body["request_id"] == "m1"
+    assert h.blobs == [(f"{BASE}/result/media/get/e1/input", b"\xff\xd8\xff")]
+    assert body["result"]["media"][0]["topic"] == f"{BASE}/result/media/get/e1/input"
+    missing = h.send("media/get", {"event_id": "e2"})
+    assert not missing["ok"] and "no media for event e2" in missing["error"]
+    assert h.router.stats()["rejected"]["not_found"] == 1
+    wrong = h.send("media/get", {"event_id": "../e1"})
+    assert not wrong["ok"] and "event_id" in wrong["error"]
+
+
+def test_mqtt5_response_topic_and_correlation_data_are_honoured_for_every_command() -> None:
+    from paho.mqtt.packettypes import PacketTypes
+    from paho.mqtt.properties import Properties
+
+    sent: list[tuple[str, bytes, Any]] = []
+    router = CommandRouter(BASE, FakeDaemon(), lambda t, p, props=None: sent.append(
+        (t, p, props)), run_slow=Harness._run_now)
+    props = Properties(PacketTypes.PUBLISH)
+    props.ResponseTopic = "clients/c1/reply"
+    props.CorrelationData = b"corr-1"
+    router.handle(f"{BASE}/set/media/get", b'{"event_id": "e1"}', props)
+    router.handle(f"{BASE}/set/stats", b"{}", props)
+    assert [t for t, _, _ in sent] == ["clients/c1/reply"] * 3
+    blob, answer, stats = sent
+    assert blob[1] == b"\xff\xd8\xff" and blob[2].ContentType == "image/jpeg"
+    assert dict(blob[2].UserProperty) == {"event_id": "e1", "role": "input", "sha256": "x"}
+    assert json.loads(answer[1])["ok"] and answer[2].ContentType == "application/json"
+    assert all(p.CorrelationData == b"corr-1" for _, _, p in sent)
+    assert json.loads(stats[1])["command"] == "stats.publish"
+    # A wildcard is no topic name: the answer goes to result/ instead.
+    bad = Properties(PacketTypes.PUBLISH)
+    bad.ResponseTopic = "clients/#"
+    router.handle(f"{BASE}/set/stats", b"{}", bad)
+    assert sent[-1][0] == f"{BASE}/result/stats"

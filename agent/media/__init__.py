@@ -1,0 +1,1 @@
+"""The on-device media store: images and clips of events, kept for a while, served on request."""
