@@ -1,6 +1,6 @@
 """Crash consistency between the outbox and the rules: ``kill -9`` at random instants.
 
-The agent's own wiring (``agent.daemon.Dispatcher`` with the real ``Outbox`` and
+The agent's own wiring (``agent.dispatch.Dispatcher`` with the real ``Outbox`` and
 ``RuleEngine`` on disk) runs in a forked child that emits base events as fast as it can,
 including copies of earlier ids with a later timestamp, while a thread ticks the rules; the
 parent kills it with SIGKILL after a random few milliseconds, hundreds of times, restarting
@@ -29,7 +29,7 @@ import pytest
 
 from agent.clock import ManualClock, SystemClock
 from agent.config import AgentConfig
-from agent.daemon import Dispatcher
+from agent.dispatch import Dispatcher
 from agent.events.schema import DeviceRef, Event
 from agent.outbox.store import Outbox
 from agent.rules.engine import RuleEngine, from_ms
