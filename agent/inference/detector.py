@@ -13,6 +13,7 @@ import csv
 import logging
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -117,6 +118,44 @@ def _input_geometry(
     return wanted
 
 
+@dataclass
+class OpenedModel:
+    """A vision model opened and probed once: what every task's model class starts from."""
+
+    session: InferenceSession
+    ref: ModelRef
+    labels: list[str]
+    input_size: tuple[int, int]
+    tensor: npt.NDArray[np.floating[Any]]
+    """One reusable input buffer: the tensor is filled in place every frame."""
+    shapes: list[Shape]
+    """The output shapes of a run on a blank input, which tell the layout."""
+
+
+def open_vision_model(name: str, config: DetectorModelConfig, models_dir: Path) -> OpenedModel:
+    """Open the session, read the labels and the input geometry, and run it once on a blank
+    input; a file, input type or graph the agent cannot use is a ``ModelLoadError``."""
+    session = InferenceSession(name, config, models_dir)
+    labels = load_labels(config.labels, models_dir, name)
+    input_size = _input_geometry(name, session, config.input_size)
+    input_type = session.inputs[0].type
+    if input_type not in _INPUT_DTYPES:
+        raise ModelLoadError(
+            f"model {name}: input type {input_type} is not supported (float or float16)"
+        )
+    width, height = input_size
+    tensor = np.zeros((1, 3, height, width), dtype=_INPUT_DTYPES[input_type])
+    try:
+        probe = session.run({session.input_name: tensor})
+    except Exception as exc:
+        raise ModelLoadError(
+            f"model {name}: a test run on a [1, 3, {height}, {width}] input failed: {exc}"
+        ) from exc
+    shapes: list[Shape] = [tuple(int(d) for d in o.shape) for o in probe]
+    return OpenedModel(session, ModelRef(name=name, sha256=session.sha256), labels, input_size,
+                       tensor, shapes)
+
+
 class Detector:
     """Runs one object-detection model on BGR frames; boxes come back in frame pixels.
 
@@ -128,25 +167,12 @@ class Detector:
     def __init__(self, name: str, config: DetectorModelConfig, models_dir: Path) -> None:
         self.name = name
         self.config = config
-        self.session = InferenceSession(name, config, models_dir)
-        self.model_ref = ModelRef(name=name, sha256=self.session.sha256)
-        self.labels = load_labels(config.labels, models_dir, name)
-        self.input_size = _input_geometry(name, self.session, config.input_size)
-        input_type = self.session.inputs[0].type
-        if input_type not in _INPUT_DTYPES:
-            raise ModelLoadError(
-                f"model {name}: input type {input_type} is not supported (float or float16)"
-            )
+        opened = open_vision_model(name, config, models_dir)
+        self.session, self.model_ref, self.labels = opened.session, opened.ref, opened.labels
+        self.input_size = opened.input_size
+        self._tensor = opened.tensor
+        shapes = opened.shapes
         width, height = self.input_size
-        # One reusable input buffer: the tensor is filled in place every frame.
-        self._tensor = np.zeros((1, 3, height, width), dtype=_INPUT_DTYPES[input_type])
-        try:
-            probe = self.session.run({self.session.input_name: self._tensor})
-        except Exception as exc:
-            raise ModelLoadError(
-                f"model {name}: a test run on a [1, 3, {height}, {width}] input failed: {exc}"
-            ) from exc
-        shapes: list[Shape] = [tuple(int(d) for d in o.shape) for o in probe]
         self.layout = self._choose_layout(shapes)
         self.pad_value = pad_value_for(config, self.session.metadata)
         self._lock = threading.Lock()

@@ -30,8 +30,8 @@ import numpy as np
 import numpy.typing as npt
 
 from agent.inference.config import DetectorModelConfig
-from agent.inference.detector import _INPUT_DTYPES, _input_geometry, load_labels
-from agent.inference.session import InferenceSession, ModelLoadError, ModelRef
+from agent.inference.detector import open_vision_model
+from agent.inference.session import ModelLoadError
 
 logger = logging.getLogger(__name__)
 
@@ -63,24 +63,12 @@ class TaskModel:
     def __init__(self, name: str, config: DetectorModelConfig, models_dir: Path) -> None:
         self.name = name
         self.config = config
-        self.session = InferenceSession(name, config, models_dir)
-        self.model_ref = ModelRef(name=name, sha256=self.session.sha256)
-        self.labels = load_labels(config.labels, models_dir, name)
-        self.input_size = _input_geometry(name, self.session, config.input_size)
-        input_type = self.session.inputs[0].type
-        if input_type not in _INPUT_DTYPES:
-            raise ModelLoadError(
-                f"model {name}: input type {input_type} is not supported (float or float16)"
-            )
+        opened = open_vision_model(name, config, models_dir)
+        self.session, self.model_ref, self.labels = opened.session, opened.ref, opened.labels
+        self.input_size = opened.input_size
+        self._tensor = opened.tensor
+        self.shapes: list[Shape] = opened.shapes
         width, height = self.input_size
-        self._tensor = np.zeros((1, 3, height, width), dtype=_INPUT_DTYPES[input_type])
-        try:
-            probe = self.session.run({self.session.input_name: self._tensor})
-        except Exception as exc:
-            raise ModelLoadError(
-                f"model {name}: a test run on a [1, 3, {height}, {width}] input failed: {exc}"
-            ) from exc
-        self.shapes: list[Shape] = [tuple(int(d) for d in o.shape) for o in probe]
         self._check(self.shapes)
         self._lock = threading.Lock()
         self._timing = threading.local()
