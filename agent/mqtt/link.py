@@ -351,13 +351,15 @@ class MqttLink(Status):
         self.last_error = None
         logger.info("mqtt: connected to %s:%d as %s", self._config.host, self._config.port,
                     self.client_id)
+        # Subscribe before saying online: the broker handles this connection's packets in
+        # order, so whoever sees `online` can send a command and it is not lost.
+        for topic_filter in self._handlers:
+            client.subscribe(topic_filter, qos=1)
         client.publish(self.topics.status, ONLINE, qos=1, retain=True)
         with self._retained_lock:
             retained = dict(self._retained)
         for topic, payload in retained.items():
             client.publish(topic, payload, qos=1, retain=True)
-        for topic_filter in self._handlers:
-            client.subscribe(topic_filter, qos=1)
         self._connected.set()
 
     def _on_disconnect(self, client: mqtt.Client, userdata: Any, flags: Any,
