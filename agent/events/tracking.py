@@ -37,8 +37,9 @@ SCORE_HISTORY = 10
 """Scores kept per track, for the median that confirms it."""
 
 
-def box_iou(a: FloatArray, b: FloatArray) -> FloatArray:
-    """``[M, N]`` intersection over union of ``[M, 4]`` and ``[N, 4]`` xyxy boxes."""
+def _overlaps(a: FloatArray, b: FloatArray) -> tuple[FloatArray, FloatArray, FloatArray]:
+    """``[M, N]`` intersection areas of ``[M, 4]`` and ``[N, 4]`` xyxy boxes, and each box's
+    own area (``[M]``, ``[N]``)."""
     a = a.reshape(-1, 4)
     b = b.reshape(-1, 4)
     lt = np.maximum(a[:, None, :2], b[None, :, :2])
@@ -47,20 +48,19 @@ def box_iou(a: FloatArray, b: FloatArray) -> FloatArray:
     inter = wh[..., 0] * wh[..., 1]
     area_a = np.prod(np.clip(a[:, 2:] - a[:, :2], 0.0, None), axis=1)
     area_b = np.prod(np.clip(b[:, 2:] - b[:, :2], 0.0, None), axis=1)
+    return inter, area_a, area_b
+
+
+def box_iou(a: FloatArray, b: FloatArray) -> FloatArray:
+    """``[M, N]`` intersection over union of ``[M, 4]`` and ``[N, 4]`` xyxy boxes."""
+    inter, area_a, area_b = _overlaps(a, b)
     union = area_a[:, None] + area_b[None, :] - inter
     return np.where(union > 0, inter / np.maximum(union, 1e-9), 0.0).astype(np.float32)
 
 
 def box_ios(a: FloatArray, b: FloatArray) -> FloatArray:
     """``[M, N]`` intersection over the smaller box's area: 1 when one lies inside the other."""
-    a = a.reshape(-1, 4)
-    b = b.reshape(-1, 4)
-    lt = np.maximum(a[:, None, :2], b[None, :, :2])
-    rb = np.minimum(a[:, None, 2:], b[None, :, 2:])
-    wh = np.clip(rb - lt, 0.0, None)
-    inter = wh[..., 0] * wh[..., 1]
-    area_a = np.prod(np.clip(a[:, 2:] - a[:, :2], 0.0, None), axis=1)
-    area_b = np.prod(np.clip(b[:, 2:] - b[:, :2], 0.0, None), axis=1)
+    inter, area_a, area_b = _overlaps(a, b)
     smaller = np.minimum(area_a[:, None], area_b[None, :])
     return np.where(smaller > 0, inter / np.maximum(smaller, 1e-9), 0.0).astype(np.float32)
 
