@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 
 from scripts.harness.agent_process import AgentProcess, base_config, events_of
-from scripts.harness.broker import Broker, Recorder
+from scripts.harness.broker import Broker, Received, Recorder
 from tests.small_fs import fill, small_fs
 
 TOPIC = "edge-agent/test-edge/#"
@@ -38,6 +38,12 @@ def last_stats(rec: Recorder) -> dict[str, Any] | None:
     for m in reversed(rec.on("edge-agent/test-edge/stats")):
         return dict(json.loads(m.payload))
     return None
+
+
+def stats_of(messages: list[Received]) -> list[dict[str, Any]]:
+    """Every stats message among ``messages``, oldest first."""
+    return [dict(json.loads(m.payload)) for m in messages
+            if m.topic == "edge-agent/test-edge/stats"]
 
 
 def drained_since(rec: Recorder, since: float) -> bool:
@@ -97,12 +103,17 @@ def test_full_disk_broker_down_then_up_space_not_freed_then_freed(
         # 3. Started on a disk filled further (below min_free_bytes whatever the outbox
         # gave back at its last checkpoint); the space comes back while it runs.
         fill(filler, leave=128 * 1024)
+        third_started = time.time()
         third = agent("third", RUNS[2], 100)
         runs = {e["run_id"] for e in events_of(rec.messages)}
         assert rec.wait_for(lambda ms: len({e["run_id"] for e in events_of(ms)} - runs) > 0
                             and len(events_of(ms)) > delivered_before_restart + 100, 60), (
             third.log)
-        disk_full_while_short = bool(last_stats(rec)["outbox"]["disk_full"])  # type: ignore[index]
+        # Only the third process's own stats count: the last one on record may still be
+        # the second's (published once a second, so it can arrive after this wait ends).
+        disk_full_while_short = rec.wait_for(
+            lambda ms: any(s["timestamp"] > third_started and s["outbox"]["disk_full"]
+                           for s in stats_of(ms)), 10)
         filler.unlink()
         assert third.wait_log("synthetic s1: ended", 60), third.log
         ended = time.time()
