@@ -13,6 +13,8 @@ import signal
 import time
 from pathlib import Path
 
+import pytest
+
 from scripts.harness.agent_process import AgentProcess, base_config
 from scripts.harness.broker import Broker, Recorder
 from scripts.harness.jack import stop_jackd
@@ -41,12 +43,14 @@ def _retained(broker: Broker, sources: list[str]) -> dict[str, str]:
         rec.close()
 
 
-def test_twenty_clean_stops_leave_every_retained_status_stopped(
-    tmp_path: Path, broker: Broker
+# Eight stops in the default suite, twenty in the soak run.
+@pytest.mark.parametrize("stops", [8, pytest.param(20, marks=pytest.mark.soak)])
+def test_clean_stops_leave_every_retained_status_stopped(
+    tmp_path: Path, broker: Broker, stops: int
 ) -> None:
     unclean = []
     logs = []
-    for run in range(20):
+    for run in range(stops):
         workdir = tmp_path / f"run{run}"  # a log of its own, same outbox
         workdir.mkdir()
         config = base_config(tmp_path, broker.port,

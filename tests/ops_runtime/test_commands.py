@@ -418,15 +418,17 @@ _CHANGES = {
 }
 
 
+@pytest.mark.parametrize("examples", [3_000, pytest.param(10_000, marks=pytest.mark.soak)])
 def test_fuzzed_commands_never_crash_and_change_nothing_unless_valid(
-    caplog: pytest.LogCaptureFixture,
+    caplog: pytest.LogCaptureFixture, examples: int
 ) -> None:
-    """10,000 random (topic, payload) pairs over every command name, mixed with allow-lists."""
+    """Random (topic, payload) pairs over every command name, mixed with allow-lists:
+    3,000 in the default suite, 10,000 in the soak run."""
     counts = {"messages": 0, "ok": 0, "refused": 0}
     by_command: dict[str, int] = dict.fromkeys(COMMAND_NAMES, 0)
     allows = [None, ["stats.publish"], ["sources.detection", "sources.thresholds"]]
 
-    @settings(max_examples=10_000, deadline=None, database=None,
+    @settings(max_examples=examples, deadline=None, database=None,
               suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
     @given(message=MESSAGES, allow=st.sampled_from(allows))
     def one(message: tuple[str, bytes], allow: list[str] | None) -> None:
@@ -458,10 +460,11 @@ def test_fuzzed_commands_never_crash_and_change_nothing_unless_valid(
 
     with caplog.at_level(logging.ERROR, logger="agent.mqtt.commands"):
         one()
-    assert counts["messages"] >= 10_000
+    assert counts["messages"] >= examples
     print(f"fuzz: {counts}; accepted by command: {by_command}")
     # The generators reach the handlers, not only the parsers.
-    assert counts["ok"] > 500 and counts["refused"] > 5_000, (counts, by_command)
+    assert counts["ok"] > examples // 20 and counts["refused"] > examples // 2, (counts,
+                                                                                by_command)
     assert all(n > 0 for n in by_command.values()), by_command
     assert not caplog.records, [r.getMessage() for r in caplog.records[:3]]
 
