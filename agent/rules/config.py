@@ -34,6 +34,9 @@ GROUP_BY_FIXED: tuple[str, ...] = (
 
 METADATA_PREFIX = "metadata."
 
+MAX_EVENTS_LIMIT = 10_000
+"""The largest ``max_events``: a final message carries every member (about 0.9 KB each)."""
+
 # Strategies whose groups hold a single label: more than one required label can never be met.
 _ONE_LABEL_PER_GROUP = frozenset({"label_id", "label_and_source"})
 
@@ -66,6 +69,11 @@ class RuleConfig(BaseModel):
     )
     require_labels: list[str] | None = Field(
         default=None, description="every one of these labels must be in the group to form"
+    )
+    max_events: int | None = Field(
+        default=None,
+        description="a composite is final once it has this many members (null: 1000); a "
+        "final carries them all, so this bounds its size",
     )
 
     @model_validator(mode="before")
@@ -101,6 +109,13 @@ class RuleConfig(BaseModel):
             raise ValueError(f"must be at least 1 (got {value})")
         return value
 
+    @field_validator("max_events")
+    @classmethod
+    def _positive_cap(cls, value: int | None) -> int | None:
+        if value is not None and not 1 <= value <= MAX_EVENTS_LIMIT:
+            raise ValueError(f"must be from 1 to {MAX_EVENTS_LIMIT:,} (got {value})")
+        return value
+
     @field_validator("cooldown_seconds")
     @classmethod
     def _not_negative(cls, value: float) -> float:
@@ -130,6 +145,11 @@ class RuleConfig(BaseModel):
                     f"require_labels: {', '.join(map(repr, excluded))} not in include_label_ids, "
                     "so the rule could never fire"
                 )
+        if self.max_events is not None and self.max_events < self.min_events:
+            raise ValueError(
+                f"max_events: {self.max_events} is less than min_events ({self.min_events}), "
+                "so a composite would be final as soon as it formed"
+            )
         if self.group_by in _ONE_LABEL_PER_GROUP and len(set(required)) > 1:
             raise ValueError(
                 f"require_labels: group_by {self.group_by} puts one label in each group, so "
@@ -150,7 +170,9 @@ class RuleConfig(BaseModel):
         # which reading a configuration file does not need.
         from agent.events.schema import RuleRef
 
-        return RuleRef(**self.model_dump())
+        # ``max_events`` bounds the agent's memory and messages; it is not part of what
+        # the rule means, so composites do not carry it.
+        return RuleRef(**self.model_dump(exclude={"max_events"}))
 
     def window_fingerprint(self) -> str:
         """What decides how events are counted; rules equal here can keep their windows."""
@@ -192,8 +214,9 @@ def parse_rules(data: Any, *, root: str = "rules") -> list[RuleConfig]:
             for err in exc.errors(include_url=False, include_input=False):
                 key = ".".join(str(p) for p in err["loc"]) or None
                 msg = err["msg"].removeprefix("Value error, ")
-                if key is None and msg.startswith("require_labels: "):
-                    key, msg = "require_labels", msg[len("require_labels: "):]
+                for field in ("require_labels", "max_events"):
+                    if key is None and msg.startswith(f"{field}: "):
+                        key, msg = field, msg[len(field) + 2:]
                 lines.append(f"{_where(index, rule_id, key, root)}: {msg}")
             continue
         if rule.id in first_index:

@@ -129,7 +129,9 @@ class Group:
 class Rule:
     """A rule's compiled settings, its groups, track memory and counters."""
 
-    def __init__(self, config: RuleConfig, device_id: str, track_ttl_ms: int, bit: int) -> None:
+    def __init__(self, config: RuleConfig, device_id: str, track_ttl_ms: int, bit: int,
+                 default_cap: int) -> None:
+        self.default_cap = default_cap  # members of a composite when the rule sets no max_events
         self.groups: dict[str, Group] = {}
         self.tracks: dict[tuple[str, str], int] = {}
         self.active = True
@@ -152,6 +154,7 @@ class Rule:
         self.window = round(config.window_seconds * 1000)
         self.cooldown = round(config.cooldown_seconds * 1000)
         self.min_events = config.min_events
+        self.cap = config.max_events or self.default_cap
         self.required: tuple[str, ...] | None = (
             tuple(sorted(set(config.require_labels))) if config.require_labels else None
         )

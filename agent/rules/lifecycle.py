@@ -160,7 +160,7 @@ class EngineCore:
         item: Item | None = None
         seq = -1  # allocated when the event first changes some rule's state
         mask = 0
-        opened, cap = self._opened, self._cap
+        opened = self._opened
         for rule, group, group_key, meta_key, window, bit in route:
             if meta_key is not None:
                 value = event.metadata.get(meta_key)
@@ -214,7 +214,7 @@ class EngineCore:
                     group.insert_late(item)
                 group.updated = now
                 rule.updated += 1
-                if len(members) >= cap:
+                if len(members) >= rule.cap:
                     self._finalize(rule, group, now, early=True)
                 else:
                     opened[group] = None
@@ -226,7 +226,7 @@ class EngineCore:
                 group.labels[label.id] = group.labels.get(label.id, 0) + 1
             if cand[0][0] + window <= now:
                 self._prune(rule, group, now)
-            if len(cand) > cap and len(cand) > rule.min_events:
+            if len(cand) > rule.cap and len(cand) > rule.min_events:
                 self._overflow(rule, group)
             if len(cand) >= rule.min_events and (
                 required is None or all(group.labels.get(r) for r in required)
@@ -276,11 +276,12 @@ class EngineCore:
                     del group.labels[event.label.id]
 
     def _overflow(self, rule: Rule, group: Group) -> None:
-        """Drop the oldest candidates beyond ``max(max_events_per_composite, min_events)``:
+        """Drop the oldest candidates beyond ``max(cap, min_events)`` (the rule's
+        ``max_events``, else ``max_events_per_composite``):
         only a group waiting for a ``require_labels`` label gets there, and without this
         bound it would hold every event of its window."""
         cand = group.cand
-        limit = max(self._cap, rule.min_events)
+        limit = max(rule.cap, rule.min_events)
         while len(cand) > limit:
             _t, _seq, event = heapq.heappop(cand)
             rule.dropped += 1
@@ -308,7 +309,7 @@ class EngineCore:
             self._deadlines,
             (group.newest + rule.window, next(self._counter), rule, group, group.cid),
         )
-        if len(group.members) >= self._cap:
+        if len(group.members) >= rule.cap:
             self._finalize(rule, group, now, early=True)
         else:
             self._opened[group] = None
@@ -410,7 +411,7 @@ class EngineCore:
         bit = 1
         while used & bit:
             bit <<= 1
-        return Rule(config, self._device.id, self._track_ttl_ms, bit)
+        return Rule(config, self._device.id, self._track_ttl_ms, bit, self._cap)
 
     def _rules_changed(self) -> None:
         self._routes.clear()

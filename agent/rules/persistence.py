@@ -126,7 +126,7 @@ class PersistentEngine(EngineCore):
                     logger.warning("rules state: rule %s cannot be read back (%s); its windows "
                                    "are dropped", rule_id, exc)
                     continue
-                rule = Rule(config, self._device.id, self._track_ttl_ms, meta["bit"])
+                rule = Rule(config, self._device.id, self._track_ttl_ms, meta["bit"], self._cap)
                 rule.fingerprint = meta["fp"]
                 self._rules[rule_id] = rule
             self._rules_changed()

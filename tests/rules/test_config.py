@@ -118,3 +118,15 @@ def test_the_engine_is_still_importable_from_the_package() -> None:
     from agent.rules.engine import RuleEngine as from_engine
 
     assert RuleEngine is from_engine
+
+
+@pytest.mark.parametrize(("value", "message"), [
+    (0, "rules[0] (r).max_events: must be from 1 to 10,000 (got 0)"),
+    (10_001, "rules[0] (r).max_events: must be from 1 to 10,000 (got 10001)"),
+    (2, "rules[0] (r).max_events: 2 is less than min_events (3), so a composite would be "
+        "final as soon as it formed"),
+])
+def test_max_events_out_of_range_names_the_rule_and_key(value: int, message: str) -> None:
+    with pytest.raises(RulesError) as err:
+        parse_rules([{"id": "r", "window_seconds": 5, "min_events": 3, "max_events": value}])
+    assert err.value.lines == [message]

@@ -281,3 +281,24 @@ def test_tracks_are_bounded_by_max_tracks() -> None:
     # The most recent tracks are remembered: a later phase of one is a repeat.
     d.process(make_event(1_000, 300, track_id="t199", phase="update"))
     assert d.engine.stats()["r1"]["repeats"] == 1
+
+
+def test_a_rules_own_max_events_caps_its_composites_and_not_the_others() -> None:
+    small = rule("small", window_seconds=60, min_events=1, max_events=2)
+    large = rule("large", window_seconds=60, min_events=1)  # the engine's cap: 4
+    d = Driver([small, large], None, max_events_per_composite=4)
+    d.process(*[make_event(i, i) for i in range(8)])
+    sizes = {rule_id: [c.event_count for c in d.finals() if c.rule.id == rule_id]
+             for rule_id in ("small", "large")}
+    assert sizes == {"small": [2, 2, 2, 2], "large": [4, 4]}, sizes
+    # A bound of this agent, not part of what the rule means: composites do not carry it.
+    assert all("max_events" not in c.rule.model_dump() for c in d.emitted)
+
+
+def test_max_events_survives_a_restart(tmp_path: Path) -> None:
+    d = Driver([rule(window_seconds=60, min_events=1, max_events=3)], tmp_path)
+    d.process(make_event(0, 0), make_event(1, 1))
+    d.restart()
+    d.process(make_event(2, 2), make_event(3, 3))
+    [final] = d.finals()
+    assert [e.id for e in final.events] == [make_event(i, i).id for i in range(3)]
