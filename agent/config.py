@@ -433,9 +433,25 @@ def load_config(path: Path | None, environ: dict[str, str] | None = None) -> Age
 
 
 def _resolve_relative_paths(config: AgentConfig, base: Path) -> None:
-    """Relative file paths in the config mean "next to the config file", wherever run from."""
+    """Relative file paths in the config mean "next to the config file", wherever run from.
+
+    systemd starts the agent in ``/``, a shell wherever the user is: resolving against the
+    working directory would put the outbox (and the rules state and media beside it) in a
+    different place on each.
+    """
     if not config.models.dir.is_absolute():
         config.models.dir = (base / config.models.dir).resolve()
+    if not config.outbox.path.is_absolute():
+        config.outbox.path = (base / config.outbox.path).resolve()
+    if config.media.path is not None and not config.media.path.is_absolute():
+        config.media.path = (base / config.media.path).resolve()
+    mqtt = config.mqtt
+    if mqtt.password_file is not None and not mqtt.password_file.is_absolute():
+        mqtt.password_file = (base / mqtt.password_file).resolve()
+    for key in ("ca_file", "cert_file", "key_file"):
+        value = getattr(mqtt.tls, key)
+        if value is not None and not value.is_absolute():
+            setattr(mqtt.tls, key, (base / value).resolve())
     for camera in config.cameras:
         url = camera.url
         if url and not url.startswith("/") and (camera.type or infer_type(url)) in ("file",

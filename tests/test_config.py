@@ -89,6 +89,27 @@ def test_environment_overrides_nested_keys(tmp_path: Path) -> None:
     assert (config.mqtt.host, config.mqtt.port) == ("broker", 1884)
 
 
+def test_relative_paths_are_next_to_the_file_wherever_the_agent_starts(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    conf = tmp_path / "etc"
+    conf.mkdir()
+    (conf / "pw").write_text("s3cret\n")
+    (conf / "ca.pem").write_text("not read here\n")
+    path = conf / "agent.yaml"
+    path.write_text("outbox:\n  path: state/outbox\nmedia:\n  path: ../media\n"
+                    "mqtt:\n  password_file: pw\n  tls:\n    ca_file: ca.pem\n")
+    elsewhere = tmp_path / "cwd"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)  # as systemd starts it in /, a user anywhere
+    config = load_config(path, environ={})
+    assert config.outbox.path == conf / "state" / "outbox"
+    assert config.media.path == tmp_path / "media"
+    assert config.mqtt.tls.ca_file == conf / "ca.pem"
+    assert read_mqtt_password(config.mqtt) == "s3cret"
+    assert not (elsewhere / "state").exists()
+
+
 def test_password_from_file_and_systemd_credentials(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
                                                      ) -> None:
     secret = tmp_path / "pw"
