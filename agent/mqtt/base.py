@@ -22,6 +22,8 @@ class _Direct:
     qos: int
     retain: bool
     properties: Any = None
+    # For retained state: its place in the order of ``set_retained`` calls (0: not state).
+    generation: int = 0
 
 
 class LinkBase:
@@ -35,6 +37,8 @@ class LinkBase:
     _wake_w: socket.socket
     _direct: queue.SimpleQueue[_Direct]
     _retained: dict[str, bytes]
+    _generation: int  # set_retained calls so far (under _retained_lock)
+    _replayed_up_to: int  # the generation the last connect's replay covered
     _retained_lock: threading.Lock
     _connected: threading.Event
     _inflight: dict[int, int]

@@ -83,6 +83,8 @@ class MqttLink(Status):
         self._wake_w.setblocking(False)
         self._direct: queue.SimpleQueue[_Direct] = queue.SimpleQueue()
         self._retained: dict[str, bytes] = {}
+        self._generation = 0
+        self._replayed_up_to = 0
         self._retained_lock = threading.Lock()
         self._handlers: dict[str, tuple[MessageHandler, bool, bool]] = {}
         self._client: mqtt.Client | None = None
@@ -358,6 +360,9 @@ class MqttLink(Status):
         client.publish(self.topics.status, ONLINE, qos=1, retain=True)
         with self._retained_lock:
             retained = dict(self._retained)
+            # What was set until now is in this replay: ``_send_direct`` skips the copies
+            # still queued, instead of sending each retained message twice.
+            self._replayed_up_to = self._generation
         for topic, payload in retained.items():
             client.publish(topic, payload, qos=1, retain=True)
         self._connected.set()

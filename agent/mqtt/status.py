@@ -32,7 +32,8 @@ class Status(Delivery):
         """Publish retained state now and again after every reconnect (latest value wins)."""
         with self._retained_lock:
             self._retained[topic] = payload
-        self._direct.put(_Direct(topic, payload, 1, True))
+            self._generation += 1
+            self._direct.put(_Direct(topic, payload, 1, True, generation=self._generation))
         self.wake()
 
     def publish(self, topic: str, payload: bytes, qos: int = 0, retain: bool = False,
@@ -50,6 +51,8 @@ class Status(Delivery):
                 item = self._direct.get_nowait()
             except queue.Empty:
                 return
+            if 0 < item.generation <= self._replayed_up_to:
+                continue  # set before the last connect, whose replay sent the latest value
             client.publish(item.topic, item.payload, qos=item.qos, retain=item.retain,
                            properties=item.properties)
 

@@ -93,6 +93,9 @@ class Recorder:
     broker: Broker
     topics: list[str]
     client_id: str = ""
+    # False: a persistent session the broker kept is not subscribed again, so what arrives
+    # is what was published, without the retained copies a new subscription brings.
+    resubscribe: bool = True
     messages: list[Received] = field(default_factory=list)
     lock: threading.RLock = field(default_factory=threading.RLock)
     cond: threading.Condition = field(init=False)
@@ -107,16 +110,29 @@ class Recorder:
         self.client.reconnect_delay_set(0.1, 0.5)
         self.client.on_message = self._on_message
         self.client.on_connect = self._on_connect
+        self.client.on_subscribe = self._on_subscribe
+        self._pending: set[int] = set()
         self._connected = threading.Event()
         self.client.connect(self.broker.host, self.broker.port)
         self.client.loop_start()
+        # Subscribed, not only connected: a test that stops the broker or starts an agent
+        # right after this must not race the broker's handling of the SUBSCRIBEs.
         if not self._connected.wait(10):
-            raise RuntimeError("recorder could not connect")
+            raise RuntimeError("recorder could not subscribe")
 
     def _on_connect(self, client, userdata, flags, rc, props=None):  # type: ignore[no-untyped-def]
-        for t in self.topics:
-            client.subscribe(t, qos=1)
-        self._connected.set()
+        if self.resubscribe or not flags.session_present:
+            with self.lock:
+                for t in self.topics:
+                    self._pending.add(client.subscribe(t, qos=1)[1])
+        if not self._pending:
+            self._connected.set()
+
+    def _on_subscribe(self, client, userdata, mid, reason_codes, props=None):  # type: ignore[no-untyped-def]
+        with self.lock:
+            self._pending.discard(mid)
+            if not self._pending:
+                self._connected.set()
 
     def _on_message(self, client, userdata, msg):  # type: ignore[no-untyped-def]
         with self.cond:
