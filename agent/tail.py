@@ -151,7 +151,10 @@ def format_message(rel: str, payload: bytes) -> str:
         return f"source {data.get('source_id')} {data.get('state')}{detail}"
     if rel == "stats":
         ob = data.get("outbox", {})
-        return (f"stats  outbox {ob.get('depth')} queued, drops {data.get('drops') or {}}, "
+        # Only the reasons that counted something: a row of zeros hides the one that did not.
+        drops = {k: v for k, v in (data.get("drops") or {}).items() if v}
+        dropped = ", ".join(f"{k} {v}" for k, v in drops.items()) or "none"
+        return (f"stats  outbox {ob.get('depth')} queued, drops: {dropped}, "
                 f"{len(data.get('sources', {}))} sources")
     return f"{rel} {json.dumps(data)[:120]}"
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import re
 import signal
 import subprocess
@@ -13,6 +14,7 @@ from typing import Any
 
 import pytest
 
+from agent.tail import format_message
 from scripts.harness.agent_process import REPO, AgentProcess, base_config, events_of
 from scripts.harness.broker import Broker
 
@@ -104,3 +106,13 @@ def test_save_media_into_an_unwritable_place_is_one_clear_error(
     assert err.strip().splitlines() == [
         f"tail: --save-media: cannot write media under {blocker / 'media'}: Not a directory"]
     assert "watching" not in out
+
+
+def test_a_stats_line_names_only_the_drops_that_happened() -> None:
+    stats = {"outbox": {"depth": 7}, "sources": {"a": {}, "b": {}},
+             "drops": {"full_drop_oldest": 0, "ttl": 3, "disk_full": 0, "too_large": 1}}
+    line = format_message("stats", json.dumps(stats).encode())
+    assert line == "stats  outbox 7 queued, drops: ttl 3, too_large 1, 2 sources"
+    quiet = {**stats, "drops": dict.fromkeys(stats["drops"], 0)}
+    assert format_message("stats", json.dumps(quiet).encode()) == (
+        "stats  outbox 7 queued, drops: none, 2 sources")
