@@ -26,6 +26,7 @@ from agent.clock import Clock, SystemClock
 from agent.config import AgentConfig, ConfigError, load_config, read_mqtt_password
 from agent.dispatch import Dispatcher
 from agent.events.schema import DeviceRef, LabelName
+from agent.inference.session import slowest_run_s
 from agent.labels import LabelCatalogue
 from agent.media.latest import LatestSnapshots
 from agent.media.store import MediaStore
@@ -50,6 +51,13 @@ HUNG_AFTER_S = 20.0
 
 HUNG_FLOOR_S = 3.0
 """Never call a thread hung sooner: idle loops beat about once a second."""
+
+SLOW_INFERENCE_ALLOWANCE = 4.0
+"""A source is never hung sooner than this many times the slowest inference run seen: a
+big model on a small board (or under emulation) is slow, not stuck."""
+
+HUNG_CEILING_S = 300.0
+"""The most that slow inference can stretch a source's limit to."""
 
 MEDIA_EXPIRY_EVERY_S = 10.0
 """How often media older than media.retention are removed from the store."""
@@ -121,6 +129,7 @@ class Daemon:
                                      on_media=self.latest.on_event if self.latest else None)
         self.workers: dict[str, Worker] = {}
         self._hung_reported: set[str] = set()
+        self._slow_inference_told = False
         self._outbox_state: str | None = None  # last published on .../outbox/status
         # Threads that died of an uncaught exception (threading.excepthook), name -> cause.
         self._deaths: dict[str, str] = {}
@@ -328,6 +337,22 @@ class Daemon:
             return HUNG_AFTER_S
         return min(HUNG_AFTER_S, max(interval / 2, HUNG_FLOOR_S))
 
+    def source_hung_after(self) -> float:
+        """``hung_after`` for a source: at least ``SLOW_INFERENCE_ALLOWANCE`` times the
+        slowest inference run seen in this process (up to ``HUNG_CEILING_S``). The main
+        thread keeps feeding systemd's watchdog meanwhile, so a longer limit only delays
+        the restart of a source that really hangs."""
+        limit = self.hung_after()
+        stretched = min(SLOW_INFERENCE_ALLOWANCE * slowest_run_s(), HUNG_CEILING_S)
+        if stretched > limit:
+            if not self._slow_inference_told:
+                self._slow_inference_told = True
+                logger.info("inference takes up to %.1f s on this device: a source is called "
+                            "hung after %.0f s without progress (not %.0f s)", slowest_run_s(),
+                            stretched, limit)
+            return stretched
+        return limit
+
     def dead_threads(self) -> dict[str, str]:
         """Threads that should be alive and are not, with the cause: a worker or any other
         thread that died of an exception, the MQTT threads once started and not stopped.
@@ -355,10 +380,10 @@ class Daemon:
                 else:
                     logger.error("%s is dead (%s); restart the agent (no systemd watchdog "
                                  "to do it)", name, cause)
-        limit = self.hung_after()
+        limit = self.source_hung_after()
         hung = {sid: w.heartbeat_age() for sid, w in self.workers.items()
                 if w.heartbeat_age() > limit}
-        if self.link.heartbeat_age() > limit:
+        if self.link.heartbeat_age() > self.hung_after():
             hung["mqtt"] = self.link.heartbeat_age()
         for name, age in hung.items():
             if name not in self._hung_reported:

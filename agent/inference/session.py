@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import time
 from pathlib import Path
 from types import ModuleType
 from typing import TYPE_CHECKING, Any
@@ -77,6 +78,15 @@ def resolve_providers(wanted: list[str], available: list[str]) -> list[str]:
     return chosen
 
 
+_slowest_run_s = 0.0
+
+
+def slowest_run_s() -> float:
+    """Seconds of the longest single run of any session in this process so far, the probe
+    each model gets at load time included: how slow inference is on this board."""
+    return _slowest_run_s
+
+
 class InferenceSession:
     """An onnxruntime session that knows its name, file digest and providers."""
 
@@ -137,4 +147,10 @@ class InferenceSession:
 
     def run(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
         """Run the graph on ``feeds``; returns every output."""
-        return list(self._session.run(None, feeds))
+        global _slowest_run_s
+        started = time.monotonic()
+        outputs = list(self._session.run(None, feeds))
+        took = time.monotonic() - started
+        if took > _slowest_run_s:  # racy between threads, and only ever a bit low
+            _slowest_run_s = took
+        return outputs

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from pathlib import Path
 
 import onnxruntime as ort
@@ -36,3 +37,22 @@ def test_an_accelerator_listed_but_unusable_is_named_in_the_log(
     assert session.providers == ["CPUExecutionProvider"]
     assert ("model m: CUDAExecutionProvider could not be used (its libraries are missing or "
             "fail to load); running on ['CPUExecutionProvider']") in caplog.text
+
+
+def test_every_run_tells_how_slow_inference_is_here(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import numpy as np
+
+    import agent.inference.session as session_module
+
+    monkeypatch.setattr(session_module, "_slowest_run_s", 0.0)
+    model = g.channel_mean_model(tmp_path / "mean.onnx", size=512)
+    session = InferenceSession("m", SessionConfig(path=model))
+    images = np.ones((1, 3, 512, 512), np.float32)
+    started = time.monotonic()
+    session.run({"images": images})
+    took = time.monotonic() - started
+    assert 0 < session_module.slowest_run_s() <= took
+    monkeypatch.setattr(session_module, "_slowest_run_s", 99.0)
+    session.run({"images": images})
+    assert session_module.slowest_run_s() == 99.0, "the longest run is kept"
