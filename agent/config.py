@@ -423,7 +423,7 @@ def load_config(path: Path | None, environ: dict[str, str] | None = None) -> Age
             os.environ.update(env_backup)
     config.rules = rules
     if path is not None:
-        _resolve_relative_paths(config, path.parent)
+        _resolve_relative_paths(config, path.parent, env)
     problems += cross_check(config) if rules_ok else []
     problems += [p for p in _origin_tagged(_nonfinite(config), env) if p not in problems]
     problems += run_checks(config.mqtt, config.outbox.path)
@@ -432,26 +432,30 @@ def load_config(path: Path | None, environ: dict[str, str] | None = None) -> Age
     return config
 
 
-def _resolve_relative_paths(config: AgentConfig, base: Path) -> None:
+def _resolve_relative_paths(config: AgentConfig, base: Path, environ: Mapping[str, str]) -> None:
     """Relative file paths in the config mean "next to the config file", wherever run from.
 
     systemd starts the agent in ``/``, a shell wherever the user is: resolving against the
     working directory would put the outbox (and the rules state and media beside it) in a
-    different place on each.
+    different place on each. A path set by an ``EDGE_AGENT_*`` variable is the caller's,
+    so it is taken from the working directory, like any path given on a command line.
     """
-    if not config.models.dir.is_absolute():
-        config.models.dir = (base / config.models.dir).resolve()
-    if not config.outbox.path.is_absolute():
-        config.outbox.path = (base / config.outbox.path).resolve()
-    if config.media.path is not None and not config.media.path.is_absolute():
-        config.media.path = (base / config.media.path).resolve()
+    def resolved(loc: tuple[str, ...], value: Path) -> Path:
+        if value.is_absolute():
+            return value
+        return ((Path.cwd() if env_variable(loc, environ) else base) / value).resolve()
+
+    config.models.dir = resolved(("models", "dir"), config.models.dir)
+    config.outbox.path = resolved(("outbox", "path"), config.outbox.path)
+    if config.media.path is not None:
+        config.media.path = resolved(("media", "path"), config.media.path)
     mqtt = config.mqtt
-    if mqtt.password_file is not None and not mqtt.password_file.is_absolute():
-        mqtt.password_file = (base / mqtt.password_file).resolve()
+    if mqtt.password_file is not None:
+        mqtt.password_file = resolved(("mqtt", "password_file"), mqtt.password_file)
     for key in ("ca_file", "cert_file", "key_file"):
         value = getattr(mqtt.tls, key)
-        if value is not None and not value.is_absolute():
-            setattr(mqtt.tls, key, (base / value).resolve())
+        if value is not None:
+            setattr(mqtt.tls, key, resolved(("mqtt", "tls", key), value))
     for camera in config.cameras:
         url = camera.url
         if url and not url.startswith("/") and (camera.type or infer_type(url)) in ("file",

@@ -108,6 +108,10 @@ def test_relative_paths_are_next_to_the_file_wherever_the_agent_starts(
     assert config.mqtt.tls.ca_file == conf / "ca.pem"
     assert read_mqtt_password(config.mqtt) == "s3cret"
     assert not (elsewhere / "state").exists()
+    # A path from the environment is the caller's: from the working directory.
+    from_env = load_config(path, environ={"EDGE_AGENT_OUTBOX__PATH": "queue"})
+    assert from_env.outbox.path == elsewhere / "queue"
+    assert from_env.media.path == tmp_path / "media"
 
 
 def test_password_from_file_and_systemd_credentials(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
