@@ -59,9 +59,10 @@ def main() -> int:
     args = parser.parse_args()
 
     if args.question == "statuses":
+        # The device's own edge-agent/{device}/status, not a source's or the outbox's.
         print(" ".join(m.get("payload", "") for m in read(args.file, args.since)
                        if m.get("topic", "").endswith("/status")
-                       and "/sources/" not in m.get("topic", "")))
+                       and m.get("topic", "").count("/") == 2))
     elif args.question == "count":
         print(sum(1 for e in events(args.file, args.since)
                   if e.get("source", {}).get("id") == args.source
