@@ -125,46 +125,6 @@ class SlowWorker(HangingWorker):
             self.beat()
 
 
-@pytest.mark.parametrize("slowest_run_s", [0.0, 0.75])
-def test_a_slow_source_is_hung_unless_inference_is_that_slow_here(
-    tmp_path: Path, broker: Broker, monkeypatch: pytest.MonkeyPatch,
-    caplog: pytest.LogCaptureFixture, slowest_run_s: float,
-) -> None:
-    """WatchdogSec=2: hung after 1 s. Steps of 1.5 s are a hang, unless the slowest
-    inference run seen was 0.75 s: then a source has 4 x 0.75 = 3 s."""
-    import agent.inference.session as session_module
-
-    monkeypatch.setattr(daemon_module, "HUNG_FLOOR_S", 1.0)
-    monkeypatch.setattr(session_module, "_slowest_run_s", slowest_run_s)
-    sock_path = tmp_path / "notify.sock"
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-    sock.bind(str(sock_path))
-    sock.settimeout(0.2)
-    config = AgentConfig(**base_config(tmp_path, broker.port, synthetic=[
-        {"id": "slow", "rate": 5}]))
-    daemon = Daemon(config, notifier=notifier(sock_path, 2.0))
-    daemon.build_worker = lambda source: SlowWorker(  # type: ignore[method-assign]
-        source.id, daemon.dispatcher.emit, daemon.clock, daemon._status_listener)
-    runner = threading.Thread(target=daemon.run, name="test-daemon")
-    try:
-        with caplog.at_level(logging.INFO, logger="agent.daemon"):
-            runner.start()
-            seen = receive(sock, 3.5)
-            tail = receive(sock, 1.0)
-    finally:
-        daemon.request_stop()
-        runner.join(15)
-        sock.close()
-    assert "READY=1" in seen
-    if slowest_run_s:
-        assert "slow: no progress" not in caplog.text
-        assert "WATCHDOG=1" in tail, "still feeding systemd"
-        assert ("inference takes up to 0.8 s on this device: a source is called hung after "
-                "3 s without progress (not 1 s)") in caplog.text
-    else:
-        assert "slow: no progress" in caplog.text
-
-
 class CrashingWorker(HangingWorker):
     """A source that goes round a few times, then dies of an injected exception."""
 
@@ -195,6 +155,41 @@ def notify_socket(tmp_path: Path) -> Any:
     sock.settimeout(0.2)
     yield sock
     sock.close()
+
+
+@pytest.mark.parametrize("slowest_run_s", [0.0, 0.75])
+def test_a_slow_source_is_hung_unless_inference_is_that_slow_here(
+    tmp_path: Path, broker: Broker, notify_socket: socket.socket,
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, slowest_run_s: float,
+) -> None:
+    """WatchdogSec=2: hung after 1 s. Steps of 1.5 s are a hang, unless the slowest
+    inference run seen was 0.75 s: then a source has 4 x 0.75 = 3 s."""
+    import agent.inference.session as session_module
+
+    monkeypatch.setattr(daemon_module, "HUNG_FLOOR_S", 1.0)
+    monkeypatch.setattr(session_module, "_slowest_run_s", slowest_run_s)
+    config = AgentConfig(**base_config(tmp_path, broker.port, synthetic=[
+        {"id": "slow", "rate": 5}]))
+    daemon = Daemon(config, notifier=notifier(tmp_path / "notify.sock", 2.0))
+    daemon.build_worker = lambda source: SlowWorker(  # type: ignore[method-assign]
+        source.id, daemon.dispatcher.emit, daemon.clock, daemon._status_listener)
+    runner = threading.Thread(target=daemon.run, name="test-daemon")
+    try:
+        with caplog.at_level(logging.INFO, logger="agent.daemon"):
+            runner.start()
+            seen = receive(notify_socket, 3.5)
+            tail = receive(notify_socket, 1.0)
+    finally:
+        daemon.request_stop()
+        runner.join(15)
+    assert "READY=1" in seen
+    if slowest_run_s:
+        assert "slow: no progress" not in caplog.text
+        assert "WATCHDOG=1" in tail, "still feeding systemd"
+        assert ("inference takes up to 0.8 s on this device: a source is called hung after "
+                "3 s without progress (not 1 s)") in caplog.text
+    else:
+        assert "slow: no progress" in caplog.text
 
 
 def test_a_dead_mqtt_thread_starves_the_watchdog(
