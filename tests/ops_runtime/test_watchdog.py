@@ -43,6 +43,18 @@ class HangingWorker(Worker):
         return {"kind": self.kind, "state": self.tracker.state.value}
 
 
+def replace_worker(daemon: Daemon, source_id: str, cls: type[Worker]) -> None:
+    """The daemon builds a ``cls`` for ``source_id``, and its own workers for the rest."""
+    real_build = daemon.build_worker
+
+    def build(source: SourceCommon) -> Worker:
+        if source.id == source_id:
+            return cls(source.id, daemon.dispatcher.emit, daemon.clock, daemon._status_listener)
+        return real_build(source)
+
+    daemon.build_worker = build  # type: ignore[method-assign]
+
+
 def notifier(sock_path: Path, watchdog_s: float | None) -> SystemdNotifier:
     env = {"NOTIFY_SOCKET": str(sock_path)}
     if watchdog_s is not None:
@@ -85,15 +97,7 @@ def test_a_hung_source_starves_the_watchdog_and_is_named(
         {"id": "healthy", "rate": 5}, {"id": "stuck", "rate": 5}]))
     daemon = Daemon(config, notifier=notifier(sock_path, 4.0))
     assert daemon.hung_after() == 2.0
-    real_build = daemon.build_worker
-
-    def build(source: SourceCommon) -> Worker:
-        if source.id == "stuck":
-            return HangingWorker(source.id, daemon.dispatcher.emit, daemon.clock,
-                                 daemon._status_listener)
-        return real_build(source)
-
-    daemon.build_worker = build  # type: ignore[method-assign]
+    replace_worker(daemon, "stuck", HangingWorker)
     runner = threading.Thread(target=daemon.run, name="test-daemon")
     try:
         with caplog.at_level(logging.INFO, logger="agent.daemon"):
@@ -171,8 +175,7 @@ def test_a_slow_source_is_hung_unless_inference_is_that_slow_here(
     config = AgentConfig(**base_config(tmp_path, broker.port, synthetic=[
         {"id": "slow", "rate": 5}]))
     daemon = Daemon(config, notifier=notifier(tmp_path / "notify.sock", 2.0))
-    daemon.build_worker = lambda source: SlowWorker(  # type: ignore[method-assign]
-        source.id, daemon.dispatcher.emit, daemon.clock, daemon._status_listener)
+    replace_worker(daemon, "slow", SlowWorker)
     runner = threading.Thread(target=daemon.run, name="test-daemon")
     try:
         with caplog.at_level(logging.INFO, logger="agent.daemon"):
@@ -225,15 +228,7 @@ def test_a_worker_killed_by_an_exception_starves_the_watchdog(
     config = AgentConfig(**base_config(tmp_path, broker.port, synthetic=[
         {"id": "healthy", "rate": 5}, {"id": "doomed", "rate": 5}]))
     daemon = Daemon(config, notifier=notifier(tmp_path / "notify.sock", 3.0))
-    real_build = daemon.build_worker
-
-    def build(source: SourceCommon) -> Worker:
-        if source.id == "doomed":
-            return CrashingWorker(source.id, daemon.dispatcher.emit, daemon.clock,
-                                  daemon._status_listener)
-        return real_build(source)
-
-    daemon.build_worker = build  # type: ignore[method-assign]
+    replace_worker(daemon, "doomed", CrashingWorker)
     runner = threading.Thread(target=daemon.run, name="test-daemon")
     try:
         with caplog.at_level(logging.INFO):
