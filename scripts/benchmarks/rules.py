@@ -19,7 +19,9 @@ Scale, three more measures:
 - **bytes sent for one composite that grows to 1,000 members**, one open message per new
   member (the daemon's case for a rule that keeps matching, at most one a second), then the
   final. Reference: the same messages in the form before 0.3, where every open message
-  carried the whole member list (built here by ``full_list_bytes``).
+  carried the whole member list (built here by ``full_list_bytes``). Beside it, the largest
+  message of the same 1,000 matches when the rule sets ``max_events: 100``, against the
+  uncapped final and AWS IoT Core's 128 KB message limit.
 - **``rules test`` peak RSS** on recordings of 1M events (10M with ``--dry-run-events``),
   fed through a pipe so no file is written; reference: the same command on 100k events.
 - **memory of a dry run with one-day windows** (``window_seconds: 86400``), sampled every
@@ -461,7 +463,7 @@ if __name__ == "__main__":
     if args.only == "throughput":
         selected = throughput_rows(work, args.quick)
     elif args.only == "bytes":
-        selected = [bytes_row(args.quick)]
+        selected = [bytes_row(args.quick), capped_final_row()]
     elif args.only == "dry-run":
         selected = dry_run_rows(work, sizes or [1_000_000])
     elif args.only == "one-day":
