@@ -378,6 +378,23 @@ def _order_like_file(lines: list[str], keys: list[str]) -> list[str]:
     return sorted(lines, key=rank)
 
 
+_NOT_FINITE = " is not a finite number"
+_RULE_NAMED = re.compile(r"^(rules\[\d+\]) \([^)]*\)")
+
+
+def _report(lines: list[str], keys: list[str]) -> list[str]:
+    """The lines of a ``ConfigError``: once each, in the file's order, and one per key for
+    a number that is not finite (the schema's own complaint about the same value, such
+    as ``Input should be less than or equal to 240`` for ``.inf``, says less)."""
+    def key(line: str) -> str:
+        return _RULE_NAMED.sub(r"\1", line.split(": ", 1)[0])
+
+    not_finite = {key(line) for line in lines if line.endswith(_NOT_FINITE)}
+    kept = [line for line in dict.fromkeys(lines)
+            if line.endswith(_NOT_FINITE) or key(line) not in not_finite]
+    return _order_like_file(kept, keys)
+
+
 def load_config(path: Path | None, environ: dict[str, str] | None = None) -> AgentConfig:
     """Load and validate the configuration; raises ``ConfigError`` with every problem.
 
@@ -416,7 +433,7 @@ def load_config(path: Path | None, environ: dict[str, str] | None = None) -> Age
             lines = _origin_tagged(located, env) + problems
             if rules_ok:
                 lines += _partial_cross_check(data, rules, [loc for loc, _ in located])
-            raise ConfigError(_order_like_file(list(dict.fromkeys(lines)), keys)) from None
+            raise ConfigError(_report(lines, keys)) from None
     finally:
         if env_backup is not None:
             os.environ.clear()
@@ -428,7 +445,7 @@ def load_config(path: Path | None, environ: dict[str, str] | None = None) -> Age
     problems += [p for p in _origin_tagged(_nonfinite(config), env) if p not in problems]
     problems += run_checks(config.mqtt, config.outbox.path)
     if problems:
-        raise ConfigError(_order_like_file(list(dict.fromkeys(problems)), keys))
+        raise ConfigError(_report(problems, keys))
     return config
 
 

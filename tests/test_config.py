@@ -64,6 +64,11 @@ def test_defaults_need_no_file() -> None:
          "synthetic[0].use_case: 'nope' is not in use_cases"),
         ("mqtt:\n  tls:\n    enabled: true\n    cert_file: /x.pem\n",
          "mqtt.tls: Value error, cert_file and key_file go together"),
+        # Not finite: the one line says so, not the schema's bound as well.
+        ("cameras:\n  - {id: c1, url: /tmp/x.avi, fps: .inf}\n",
+         "cameras[0].fps: inf is not a finite number"),
+        ("rules:\n  - {id: r1, window_seconds: 5, min_events: 1, max_events: .inf}\n",
+         "rules[0].max_events: inf is not a finite number"),
     ],
 )
 def test_each_bad_key_gives_one_line_naming_it(tmp_path: Path, text: str, expected: str) -> None:
