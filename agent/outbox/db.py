@@ -432,11 +432,17 @@ class SalvageStore:
 
     def batches(self, size: int = _CHUNK) -> Iterator[list[NewRow]]:
         """The readable messages, oldest first, ``size`` at a time."""
+        rows = self._rows()
+        while batch := list(itertools.islice(rows, size)):
+            yield batch
+
+    def _rows(self) -> Iterator[NewRow]:
+        """The readable messages, oldest first: in one scan while the file allows, then key
+        by key past the damage."""
         con = self._con
         if con is None:
             return
         last = 0
-        batch: list[NewRow] = []
         try:
             for raw in con.execute(f"{_ROW_SQL} ORDER BY id"):
                 if raw[0] <= last:
@@ -446,17 +452,10 @@ class SalvageStore:
                 if row is None:
                     self.unreadable += 1
                     continue
-                batch.append(row)
-                if len(batch) >= size:
-                    yield batch
-                    batch = []
-            if batch:
-                yield batch
+                yield row
             return
         except sqlite3.Error as exc:
             self.cause = str(exc)
-        if batch:
-            yield batch
         # From the newest end down to the damage: only keys, to probe in order below.
         tail: list[int] = []
         try:
@@ -469,7 +468,6 @@ class SalvageStore:
             pass
         end = tail[-1] if tail else max(last, (self._next_key or 1) - 1) + 1
         keys = itertools.chain(range(last + 1, min(end, last + 1 + _PROBE_MAX)), reversed(tail))
-        batch = []
         # A damaged page can hide a row without an error (its cell reads as another key).
         # A key found missing between two keys that were there (or failed) is counted as
         # unreadable: it may have been delivered before, but nothing is lost uncounted.
@@ -489,12 +487,7 @@ class SalvageStore:
             if row is None:
                 self.unreadable += 1
                 continue
-            batch.append(row)
-            if len(batch) >= size:
-                yield batch
-                batch = []
-        if batch:
-            yield batch
+            yield row
 
     def close(self) -> None:
         if self._con is not None:
