@@ -156,13 +156,9 @@ def open_vision_model(name: str, config: DetectorModelConfig, models_dir: Path) 
                        tensor, shapes)
 
 
-class Detector:
-    """Runs one object-detection model on BGR frames; boxes come back in frame pixels.
-
-    Not thread-safe (it reuses one input buffer): give each worker thread its own detector.
-    """
-
-    task = "detect"
+class VisionModel:
+    """What every vision model holds: its probed session, labels and input geometry, one
+    input buffer behind a lock, and each thread's last ``session.run`` time."""
 
     def __init__(self, name: str, config: DetectorModelConfig, models_dir: Path) -> None:
         self.name = name
@@ -171,12 +167,30 @@ class Detector:
         self.session, self.model_ref, self.labels = opened.session, opened.ref, opened.labels
         self.input_size = opened.input_size
         self._tensor = opened.tensor
-        shapes = opened.shapes
+        self.shapes: list[Shape] = opened.shapes
+        self._lock = threading.Lock()
+        self._timing = threading.local()
+
+    @property
+    def last_inference_ms(self) -> float:
+        """``session.run`` time of this thread's last call."""
+        return float(getattr(self._timing, "ms", 0.0))
+
+
+class Detector(VisionModel):
+    """Runs one object-detection model on BGR frames; boxes come back in frame pixels.
+
+    Not thread-safe (it reuses one input buffer): give each worker thread its own detector.
+    """
+
+    task = "detect"
+
+    def __init__(self, name: str, config: DetectorModelConfig, models_dir: Path) -> None:
+        super().__init__(name, config, models_dir)
+        shapes = self.shapes
         width, height = self.input_size
         self.layout = self._choose_layout(shapes)
         self.pad_value = pad_value_for(config, self.session.metadata)
-        self._lock = threading.Lock()
-        self._timing = threading.local()
         self._warned_class_range = False
         logger.info(
             "model %s: %s layout, outputs %s, input %dx%d, %d labels, providers %s",
@@ -238,11 +252,6 @@ class Detector:
         tensor[:, height - bottom:, :] = value
         tensor[:, :, :left] = value
         tensor[:, :, width - right:] = value
-
-    @property
-    def last_inference_ms(self) -> float:
-        """``session.run`` time of this thread's last ``detect`` call."""
-        return float(getattr(self._timing, "ms", 0.0))
 
     def detect(self, frame_bgr: npt.NDArray[np.uint8]) -> Detections:
         """Detections in ``frame_bgr`` ((H, W, 3) BGR uint8), boxes in frame pixels."""

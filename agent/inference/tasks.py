@@ -20,7 +20,6 @@ model's entry) are in ``agent.inference.config``, so the detector's config stays
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -30,7 +29,7 @@ import numpy as np
 import numpy.typing as npt
 
 from agent.inference.config import DetectorModelConfig
-from agent.inference.detector import open_vision_model
+from agent.inference.detector import VisionModel
 from agent.inference.session import ModelLoadError
 
 logger = logging.getLogger(__name__)
@@ -50,7 +49,7 @@ TASK_LAYOUTS = ("classify: one [1, C] output; segment: [1, 4+C+M, N] and prototy
 # -- the loaded model ------------------------------------------------------------------------
 
 
-class TaskModel:
+class TaskModel(VisionModel):
     """An ONNX model loaded and probed once: session, labels, input geometry, output shapes.
 
     The base of ``Classifier``, ``Segmenter`` and ``PoseEstimator``; ``_check(shapes)`` in
@@ -61,28 +60,15 @@ class TaskModel:
     task: Task = "detect"
 
     def __init__(self, name: str, config: DetectorModelConfig, models_dir: Path) -> None:
-        self.name = name
-        self.config = config
-        opened = open_vision_model(name, config, models_dir)
-        self.session, self.model_ref, self.labels = opened.session, opened.ref, opened.labels
-        self.input_size = opened.input_size
-        self._tensor = opened.tensor
-        self.shapes: list[Shape] = opened.shapes
+        super().__init__(name, config, models_dir)
         width, height = self.input_size
         self._check(self.shapes)
-        self._lock = threading.Lock()
-        self._timing = threading.local()
         logger.info("model %s: %s, outputs %s, input %dx%d, %d labels, providers %s",
                     name, self.task, [list(s) for s in self.shapes], width, height,
                     len(self.labels), self.session.providers)
 
     def _check(self, shapes: list[Shape]) -> None:
         raise NotImplementedError
-
-    @property
-    def last_inference_ms(self) -> float:
-        """``session.run`` time of this thread's last call."""
-        return float(getattr(self._timing, "ms", 0.0))
 
     def run(self, image_bgr: npt.NDArray[np.uint8],
             mean: Sequence[float] | None = None,
