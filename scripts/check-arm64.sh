@@ -37,10 +37,7 @@ repo=$(cd "$(dirname "$0")/.." && pwd)
 # shellcheck source=scripts/field/lib.sh
 . "$repo/scripts/field/lib.sh"
 
-case "${1:-}" in
-  -h|--help) awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0"; exit 0 ;;
-esac
-[ $# -eq 0 ] || die "no arguments expected (see --help)"
+field_args "$0" "$@"
 
 need_root_and_tools debootstrap systemd-nspawn nsenter qemu-aarch64-static
 field=$repo/var/field
@@ -71,9 +68,7 @@ trap 'poweroff_container' EXIT
 build_rootfs arm64 "$cache" "$field/rootfs-arm64.log" \
   libportaudio2 libglib2.0-0 alsa-utils v4l-utils mosquitto-clients iproute2 procps
 
-[ -x "$repo/.venv/bin/python" ] || die "no .venv: run scripts/setup.sh --dev first"
-"$repo/.venv/bin/python" "$repo/scripts/make_demo_media.py" >>"$log" 2>&1 \
-  || die "scripts/make_demo_media.py failed (log: $log)"
+demo_media "$repo" "$log"
 ls "$repo"/models/cache/* >/dev/null 2>&1 \
   || die "models/cache is empty: run .venv/bin/edge-agent models fetch first"
 
@@ -103,9 +98,7 @@ ort_wheel=$(basename "$(ls "$wheels"/onnxruntime-*.whl)")
 
 say "fresh container root in $root"
 fresh_copy "$cache" "$root"
-mkdir -p "$root/src/edge-agent"
-git -C "$repo" ls-files -z -co --exclude-standard \
-  | (cd "$repo" && tar --null -T - -cf -) | tar -C "$root/src/edge-agent" -xf -
+copy_checkout "$repo" "$root"
 mkdir -p "$root/srv/field-check/media" "$root/srv/field-check/models-cache" "$root/var/lib/field-check"
 cp "$repo/demo/street.avi" "$repo/demo/sounds.wav" "$root/srv/field-check/media/"
 cp -a "$repo"/models/cache/. "$root/srv/field-check/models-cache/"

@@ -27,6 +27,34 @@ check() {
   fi
 }
 
+# field_args SCRIPT ARGS...: --help prints the script's header comment; no other argument.
+field_args() {
+  local script=$1
+  shift
+  case "${1:-}" in
+    -h|--help) awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$script"
+               exit 0 ;;
+  esac
+  [ $# -eq 0 ] || die "no arguments expected (see --help)"
+}
+
+# demo_media REPO LOG: the demo's video and WAV file, written by the checkout's own venv.
+demo_media() {
+  local repo=$1 log=$2
+  [ -x "$repo/.venv/bin/python" ] || die "no .venv: run scripts/setup.sh --dev first"
+  "$repo/.venv/bin/python" "$repo/scripts/make_demo_media.py" >>"$log" 2>&1 \
+    || die "scripts/make_demo_media.py failed (log: $log)"
+}
+
+# copy_checkout REPO ROOT: the checkout as git sees it (tracked and new files, nothing
+# ignored) in ROOT/src/edge-agent, where install.sh runs from.
+copy_checkout() {
+  local repo=$1 root=$2
+  mkdir -p "$root/src/edge-agent"
+  git -C "$repo" ls-files -z -co --exclude-standard \
+    | (cd "$repo" && tar --null -T - -cf -) | tar -C "$root/src/edge-agent" -xf -
+}
+
 summary() {
   echo "$field_passed passed, $field_failed failed"
   [ "$field_failed" = 0 ]
